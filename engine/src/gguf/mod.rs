@@ -1,0 +1,386 @@
+//! GGUF files: header, metadata, tensor index, memory-mapped tensor data.
+//!
+//! The format (llama.cpp's `gguf.md`): magic `GGUF`, version (2 or 3), tensor count, metadata
+//! count, then key/value metadata, then tensor infos (name, dims, type, offset), then the
+//! tensor data section starting at the next multiple of `general.alignment` (default 32).
+//! Dimensions are listed fastest axis first: a matrix with `ne = [in, out]` has `out` rows of
+//! `in` contiguous values, so `token_embd.weight` appears as `[hidden, vocab]`.
+//!
+//! Every read is bounds-checked: a truncated or corrupt file is an [`Error::Gguf`], never a panic.
+
+mod quant;
+
+pub use quant::{dequantize, GgmlType};
+
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::U8(v) => Some(v as u64),
+            MetaValue::U16(v) => Some(v as u64),
+            MetaValue::U32(v) => Some(v as u64),
+            MetaValue::U64(v) => Some(v),
+            MetaValue::I8(v) => u64::try_from(v).ok(),
+            MetaValue::I16(v) => u64::try_from(v).ok(),
+            MetaValue::I32(v) => u64::try_from(v).ok(),
+            MetaValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            MetaValue::I8(v) => Some(v as i64),
+            MetaValue::I16(v) => Some(v as i64),
+            MetaValue::I32(v) => Some(v as i64),
+            MetaValue::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::F32(v) => Some(v as f64),
+            MetaValue::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            MetaValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            MetaValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// A short rendering for `inspect` (arrays are summarised, not dumped).
+    pub fn summary(&self) -> String {
+        match self {
+            MetaValue::String(s) if s.len() > 60 => format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len()),
+            MetaValue::String(s) => format!("{s:?}"),
+            MetaValue::Array(a) => format!("[{} items]", a.len()),
+            MetaValue::F32(v) => v.to_string(),
+            MetaValue::F64(v) => v.to_string(),
+            MetaValue::Bool(v) => v.to_string(),
+            other => other.as_i64().map(|v| v.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// One entry of the tensor index.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGUF order: fastest-varying axis first.
+    pub dims: Vec<usize>,
+    pub dtype: GgmlType,
+    /// Offset relative to the start of the data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Row-major shape (slowest axis first), as PyTorch/Burn would write it.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+
+    pub fn n_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.n_elements())
+    }
+}
+
+/// An opened, memory-mapped GGUF file.
+pub struct Gguf {
+    path: PathBuf,
+    mmap: Mmap,
+    pub version: u32,
+    pub metadata: BTreeMap<String, MetaValue>,
+    pub tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    data_start: usize,
+}
+
+impl std::fmt::Debug for Gguf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gguf")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            format!("truncated while reading {what} at byte {} (file has {} bytes)", self.pos, self.bytes.len())
+        })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> std::result::Result<[u8; N], String> {
+        Ok(self.take(N, what)?.try_into().expect("length checked"))
+    }
+    fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+    /// A count that must be satisfiable by the bytes left (each item takes at least `min_item` bytes).
+    fn count(&mut self, what: &str, min_item: usize) -> std::result::Result<usize, String> {
+        let n = self.u64(what)?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n.saturating_mul(min_item as u64) > left {
+            return Err(format!("{what} = {n} is impossible with {left} bytes left"));
+        }
+        Ok(n as usize)
+    }
+    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+        let n = self.count(what, 1)?;
+        let b = self.take(n, what)?;
+        // Some converters wrote invalid UTF-8 in token lists; keep the bytes visible rather than fail.
+        Ok(String::from_utf8(b.to_vec()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    }
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
+        Ok(match ty {
+            0 => MetaValue::U8(self.array::<1>("u8")?[0]),
+            1 => MetaValue::I8(self.array::<1>("i8")?[0] as i8),
+            2 => MetaValue::U16(u16::from_le_bytes(self.array("u16")?)),
+            3 => MetaValue::I16(i16::from_le_bytes(self.array("i16")?)),
+            4 => MetaValue::U32(self.u32("u32")?),
+            5 => MetaValue::I32(i32::from_le_bytes(self.array("i32")?)),
+            6 => MetaValue::F32(f32::from_le_bytes(self.array("f32")?)),
+            7 => MetaValue::Bool(self.array::<1>("bool")?[0] != 0),
+            8 => MetaValue::String(self.string("string")?),
+            9 => {
+                if depth > 4 {
+                    return Err("metadata arrays nested too deeply".into());
+                }
+                let elem = self.u32("array type")?;
+                let n = self.count("array length", 1)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.value(elem, depth + 1)?);
+                }
+                MetaValue::Array(v)
+            }
+            10 => MetaValue::U64(self.u64("u64")?),
+            11 => MetaValue::I64(i64::from_le_bytes(self.array("i64")?)),
+            12 => MetaValue::F64(f64::from_le_bytes(self.array("f64")?)),
+            other => return Err(format!("unknown metadata value type {other}")),
+        })
+    }
+}
+
+impl Gguf {
+    /// Memory-map and parse a GGUF file. Tensor data is not read until asked for.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only; a file truncated under us while mapped is outside our contract
+        // (as for every mmap-based loader), all offsets are validated against the length at open.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Self::parse(path, mmap)
+    }
+
+    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self> {
+        let bad = |problem: String| Error::Gguf { path: path.clone(), problem };
+        let mut c = Cursor { bytes: &mmap, pos: 0 };
+        let magic = c.take(4, "magic").map_err(bad)?;
+        if magic != MAGIC {
+            return Err(bad(format!("bad magic {:?}, expected \"GGUF\"", String::from_utf8_lossy(magic))));
+        }
+        let version = c.u32("version").map_err(bad)?;
+        if !(2..=3).contains(&version) {
+            return Err(bad(format!("unsupported GGUF version {version} (supported: 2, 3)")));
+        }
+        // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes.
+        let n_tensors = c.count("tensor count", 24).map_err(bad)?;
+        let n_kv = c.count("metadata count", 12).map_err(bad)?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string("metadata key").map_err(bad)?;
+            let ty = c.u32("metadata type").map_err(bad)?;
+            let value = c.value(ty, 0).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            metadata.insert(key, value);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string("tensor name").map_err(bad)?;
+            let n_dims = c.u32("tensor dims").map_err(bad)? as usize;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(bad(format!("tensor `{name}` has {n_dims} dimensions (1..=4 allowed)")));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                let d = c.u64("tensor dim").map_err(bad)?;
+                dims.push(usize::try_from(d).map_err(|_| bad(format!("tensor `{name}` dim {d} too large")))?);
+            }
+            let ty = c.u32("tensor type").map_err(bad)?;
+            let dtype = GgmlType::from_id(ty).ok_or_else(|| Error::UnsupportedDtype {
+                path: path.clone(),
+                tensor: name.clone(),
+                dtype: format!("ggml type id {ty}"),
+            })?;
+            let offset = c.u64("tensor offset").map_err(bad)?;
+            tensors.push(TensorInfo { name, dims, dtype, offset });
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
+                bad(format!("general.alignment {v:?} is not a power of two"))
+            })?,
+        };
+        let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+        let data_len = (mmap.len() as u64).saturating_sub(data_start);
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let Some(n) = n else { return Err(bad(format!("tensor `{}` is too large", t.name))) };
+            if n % t.dtype.block_size() != 0 || t.dims[0] % t.dtype.block_size() != 0 {
+                return Err(bad(format!(
+                    "tensor `{}` row length {} is not a multiple of the {:?} block size {}",
+                    t.name, t.dims[0], t.dtype, t.dtype.block_size()
+                )));
+            }
+            if t.offset % alignment != 0 {
+                return Err(bad(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
+            }
+            let end = t.offset.checked_add(t.dtype.bytes_for(n) as u64);
+            if end.is_none_or(|e| e > data_len) {
+                return Err(bad(format!(
+                    "tensor `{}` ({} bytes at offset {}) runs past the end of the file (truncated download?)",
+                    t.name, t.dtype.bytes_for(n), t.offset
+                )));
+            }
+            if by_name.insert(t.name.clone(), i).is_some() {
+                return Err(bad(format!("duplicate tensor `{}`", t.name)));
+            }
+        }
+        Ok(Gguf { path, mmap, version, metadata, tensors, by_name, data_start: data_start as usize })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> usize {
+        self.mmap.len()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    fn meta_err(&self, key: &str, problem: &str) -> Error {
+        Error::Metadata { path: self.path.clone(), key: key.to_string(), problem: problem.to_string() }
+    }
+
+    pub fn get_str(&self, key: &str) -> Result<&str> {
+        let v = self.get(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        v.as_str().ok_or_else(|| self.meta_err(key, "expected a string"))
+    }
+
+    pub fn get_u64(&self, key: &str) -> Result<u64> {
+        let v = self.get(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        v.as_u64().ok_or_else(|| self.meta_err(key, "expected an unsigned integer"))
+    }
+
+    pub fn get_f64(&self, key: &str) -> Result<f64> {
+        let v = self.get(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        v.as_f64().ok_or_else(|| self.meta_err(key, "expected a number"))
+    }
+
+    /// A string array (e.g. `tokenizer.ggml.tokens`).
+    pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
+        let v = self.get(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        let a = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array"))?;
+        a.iter().map(|x| x.as_str().ok_or_else(|| self.meta_err(key, "expected an array of strings"))).collect()
+    }
+
+    /// The general.architecture key.
+    pub fn architecture(&self) -> Result<&str> {
+        self.get_str("general.architecture")
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Raw bytes of a tensor, straight from the map (bounds were checked at open).
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        let start = self.data_start + info.offset as usize;
+        &self.mmap[start..start + info.n_bytes()]
+    }
+
+    /// Dequantize a tensor to f32, row-major (slowest axis first).
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let info = self.tensor_info(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let mut out = vec![0f32; info.n_elements()];
+        dequantize(info.dtype, self.tensor_bytes(info), &mut out).map_err(|problem| Error::Gguf {
+            path: self.path.clone(),
+            problem: format!("tensor `{name}`: {problem}"),
+        })?;
+        Ok((out, info.shape()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

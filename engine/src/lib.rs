@@ -1,0 +1,3 @@
+pub mod error;
+pub mod gguf;
+pub use error::{Error, Result};
