@@ -1,0 +1,297 @@
+//! Causal language models, written once against Burn's runtime `Device` (no backend type
+//! parameter: the binary picks flex, ndarray or wgpu; the model never asks which).
+//!
+//! Shared pieces live here: the [`CausalLm`] trait, the [`KvCache`] (preallocated, truncatable),
+//! rotary embeddings and RMSNorm. Each family has its own file.
+
+mod llama;
+mod weights;
+
+pub use llama::Llama;
+pub use weights::WeightSource;
+
+use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use crate::sampling::Logits;
+use burn::tensor::{Device, Tensor, TensorData};
+use std::ops::Range;
+
+/// Which positions of a forward pass need logits. Prefill needs only the last row; verification
+/// of k drafted tokens needs all k+1. Skipping rows skips their share of the LM head, the
+/// largest single matmul of a small model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    All,
+    Last,
+}
+
+/// A decoder-only language model.
+pub trait CausalLm {
+    /// Runs `tokens` at positions `cache.len()..cache.len() + tokens.len()`, appends their keys and
+    /// values to `cache`, and returns logits for the requested rows.
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits>;
+
+    /// An empty cache that holds `capacity` positions.
+    fn new_cache(&self, capacity: usize) -> Result<KvCache>;
+
+    fn config(&self) -> &ModelConfig;
+}
+
+/// How query/key pairs are rotated. GGUF "normal" rotates adjacent pairs (x[2i], x[2i+1]); llama.cpp
+/// uses it for `llama` after the converter permuted Q/K rows. "NeoX" rotates halves
+/// (x[i], x[i + d/2]), as transformers does for every architecture and llama.cpp for qwen2/gemma3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum RopeStyle {
+    Normal,
+    Neox,
+}
+
+/// Architecture-independent description of a model.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelConfig {
+    /// `llama`, `qwen2`, …
+    pub architecture: String,
+    pub name: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Dimensions of each head that are rotated (the rest pass through).
+    pub rope_dims: usize,
+    pub rope_theta: f64,
+    pub rope_style: RopeStyle,
+    pub norm_eps: f64,
+    pub context_length: usize,
+    pub qkv_bias: bool,
+    pub tied_embeddings: bool,
+}
+
+impl ModelConfig {
+    fn check(&self, path: &std::path::Path) -> Result<()> {
+        let bad = |problem: String| Error::Metadata { path: path.into(), key: "hyperparameters".into(), problem };
+        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return Err(bad(format!("{} heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads)));
+        }
+        if self.head_dim == 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+            return Err(bad(format!("rope dims {} invalid for head dim {}", self.rope_dims, self.head_dim)));
+        }
+        if self.n_layers == 0 || self.vocab_size == 0 || self.context_length == 0 {
+            return Err(bad("zero layers, vocabulary or context".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Per-layer keys and values for one sequence, preallocated to `capacity` positions.
+///
+/// Writes go through `slice_assign` into the same buffers (in place when the tensor is uniquely
+/// owned), and `truncate` only moves the length: rolling back rejected draft tokens is free.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+    capacity: usize,
+}
+
+struct LayerCache {
+    k: Option<Tensor<4>>,
+    v: Option<Tensor<4>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> Self {
+        let layers = (0..n_layers)
+            .map(|_| LayerCache {
+                k: Some(Tensor::zeros([1, n_kv_heads, capacity, head_dim], device)),
+                v: Some(Tensor::zeros([1, n_kv_heads, capacity, head_dim], device)),
+            })
+            .collect();
+        KvCache { layers, len: 0, capacity }
+    }
+
+    /// Positions filled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forget everything after `len` (no-op when `len >= self.len()`).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Fails without touching the cache when `n` more positions do not fit.
+    pub fn reserve(&self, n: usize) -> Result<Range<usize>> {
+        let end = self.len + n;
+        if end > self.capacity {
+            return Err(Error::ContextOverflow { needed: end, capacity: self.capacity });
+        }
+        Ok(self.len..end)
+    }
+
+    /// Writes this layer's new keys/values (shape [1, kv_heads, n, head_dim]) at `positions` and
+    /// returns views of all keys/values up to `positions.end`.
+    fn append(&mut self, layer: usize, positions: Range<usize>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let end = positions.end;
+        let cache = &mut self.layers[layer];
+        let write = |slot: &mut Option<Tensor<4>>, new: Tensor<4>| {
+            let [_, h, _, d] = new.dims();
+            let full = slot.take().expect("cache slot is always refilled");
+            let full = full.slice_assign([0..1, 0..h, positions.clone(), 0..d], new);
+            let view = full.clone().slice([0..1, 0..h, 0..end, 0..d]);
+            *slot = Some(full);
+            view
+        };
+        (write(&mut cache.k, k), write(&mut cache.v, v))
+    }
+
+    fn commit(&mut self, len: usize) {
+        self.len = len;
+    }
+}
+
+/// Precomputed rotary tables for positions `0..max_positions`.
+struct Rope {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    dims: usize,
+    style: RopeStyle,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, max_positions: usize, device: &Device) -> Self {
+        let half = cfg.rope_dims / 2;
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        let inv_freq: Vec<f64> =
+            (0..half).map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / cfg.rope_dims as f64)).collect();
+        for pos in 0..max_positions {
+            for &f in &inv_freq {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let shape = [max_positions, half];
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            dims: cfg.rope_dims,
+            style: cfg.rope_style,
+        }
+    }
+
+    /// Rotates x: [1, heads, n, head_dim] whose rows sit at `positions`.
+    fn apply(&self, x: Tensor<4>, positions: Range<usize>) -> Tensor<4> {
+        let [b, h, n, d] = x.dims();
+        let half = self.dims / 2;
+        let cos = self.cos.clone().slice([positions.clone(), 0..half]);
+        let sin = self.sin.clone().slice([positions, 0..half]);
+        let (rot, pass) = if self.dims < d {
+            (x.clone().slice([0..b, 0..h, 0..n, 0..self.dims]), Some(x.slice([0..b, 0..h, 0..n, self.dims..d])))
+        } else {
+            (x, None)
+        };
+        let rotated = match self.style {
+            RopeStyle::Neox => {
+                let cos = cos.reshape([1, 1, n, half]);
+                let sin = sin.reshape([1, 1, n, half]);
+                let x1 = rot.clone().slice([0..b, 0..h, 0..n, 0..half]);
+                let x2 = rot.slice([0..b, 0..h, 0..n, half..2 * half]);
+                Tensor::cat(
+                    vec![x1.clone() * cos.clone() - x2.clone() * sin.clone(), x2 * cos + x1 * sin],
+                    3,
+                )
+            }
+            RopeStyle::Normal => {
+                let pairs: Tensor<5> = rot.reshape([b, h, n, half, 2]);
+                let cos = cos.reshape([1, 1, n, half, 1]);
+                let sin = sin.reshape([1, 1, n, half, 1]);
+                let x1 = pairs.clone().slice([0..b, 0..h, 0..n, 0..half, 0..1]);
+                let x2 = pairs.slice([0..b, 0..h, 0..n, 0..half, 1..2]);
+                let out = Tensor::cat(
+                    vec![x1.clone() * cos.clone() - x2.clone() * sin.clone(), x2 * cos + x1 * sin],
+                    4,
+                );
+                out.reshape([b, h, n, 2 * half])
+            }
+        };
+        match pass {
+            Some(pass) => Tensor::cat(vec![rotated, pass], 3),
+            None => rotated,
+        }
+    }
+}
+
+/// RMSNorm over the last axis: x / sqrt(mean(x²) + eps) * weight.
+fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let d = weight.dims()[0];
+    let scale = (x.clone() * x.clone()).mean_dim(2).add_scalar(eps).sqrt().recip();
+    x * scale * weight.clone().reshape([1, 1, d])
+}
+
+/// A dense projection y = x·Wᵀ (+ b) with W stored as [out, in], as GGUF and PyTorch store it.
+struct Linear {
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let out = self.weight.dims()[0];
+        let y = x.reshape([b * n, d]).matmul(self.weight.clone().transpose());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().reshape([1, out]),
+            None => y,
+        };
+        y.reshape([b, n, out])
+    }
+}
+
+/// Loads a model from an opened GGUF file, choosing the family from `general.architecture`.
+pub fn load_gguf(gguf: &Gguf, device: &Device) -> Result<Box<dyn CausalLm>> {
+    let arch = gguf.architecture()?;
+    match arch {
+        "llama" | "qwen2" => Ok(Box::new(Llama::from_gguf(gguf, device)?)),
+        other => Err(Error::UnsupportedArchitecture {
+            path: gguf.path().to_path_buf(),
+            arch: other.to_string(),
+            supported: SUPPORTED_ARCHITECTURES.join(", "),
+        }),
+    }
+}
+
+/// Loads a model from a Hugging Face directory, choosing the family from `model_type`.
+pub fn load_hf(dir: &crate::safetensors::HfModelDir, device: &Device) -> Result<Box<dyn CausalLm>> {
+    match dir.config.model_type.as_str() {
+        "llama" | "qwen2" => Ok(Box::new(Llama::load(dir.llama_config()?, dir, device)?)),
+        other => Err(Error::UnsupportedArchitecture {
+            path: dir.dir().join("config.json"),
+            arch: other.to_string(),
+            supported: SUPPORTED_ARCHITECTURES.join(", "),
+        }),
+    }
+}
+
+/// Architectures `load_gguf` and `load_hf` accept.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+
+/// Turns the last-axis logits of `rows` positions into host memory.
+fn logits_to_host(logits: Tensor<2>) -> Result<Logits> {
+    let [rows, vocab] = logits.dims();
+    let data = logits
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::InvalidArgument(format!("reading logits back from the device: {e:?}")))?;
+    Ok(Logits::new(data, rows, vocab))
+}
