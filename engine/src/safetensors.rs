@@ -89,6 +89,26 @@ impl HfModelDir {
         Ok(HfModelDir { dir, config, shards, index })
     }
 
+    /// Parameter count over all shards.
+    pub fn parameter_count(&self) -> u64 {
+        self.dtype_histogram().values().map(|v| v.1).sum()
+    }
+
+    /// Tensor dtype → (tensor count, parameters).
+    pub fn dtype_histogram(&self) -> std::collections::BTreeMap<String, (usize, u64)> {
+        let mut out = std::collections::BTreeMap::<String, (usize, u64)>::new();
+        for (_, mmap) in &self.shards {
+            if let Ok((_, meta)) = SafeTensors::read_metadata(mmap) {
+                for info in meta.tensors().values() {
+                    let e = out.entry(format!("{:?}", info.dtype)).or_default();
+                    e.0 += 1;
+                    e.1 += info.shape.iter().product::<usize>() as u64;
+                }
+            }
+        }
+        out
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -228,7 +228,8 @@ fn resolve_hf(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result<
     };
     let cache = Cache::from_env();
     let cached = cache.repo(hub_repo.clone());
-    let api = ApiBuilder::from_cache(cache).with_progress(false).build().map_err(|e| Error::Offline {
+    // from_env honours HF_HOME and HF_ENDPOINT (mirrors, tests).
+    let api = ApiBuilder::from_env().with_progress(false).build().map_err(|e| Error::Offline {
         repo: repo.to_string(),
         problem: e.to_string(),
     })?;

@@ -374,10 +374,20 @@ impl Gguf {
             tensor: name.to_string(),
         })?;
         let mut out = vec![0f32; info.n_elements()];
-        dequantize(info.dtype, self.tensor_bytes(info), &mut out).map_err(|problem| Error::Gguf {
-            path: self.path.clone(),
-            problem: format!("tensor `{name}`: {problem}"),
-        })?;
+        // Rows are independent: dequantize them in parallel chunks (loading is otherwise the
+        // slowest part of starting a 1B model).
+        let row = info.dims[0];
+        if out.is_empty() {
+            return Ok((out, info.shape()));
+        }
+        let rows_per_chunk = (1 << 16) / row + 1;
+        let bytes = self.tensor_bytes(info);
+        let row_bytes = info.dtype.bytes_for(row);
+        use rayon::prelude::*;
+        out.par_chunks_mut(row * rows_per_chunk)
+            .zip(bytes.par_chunks(row_bytes * rows_per_chunk))
+            .try_for_each(|(o, b)| dequantize(info.dtype, b, o))
+            .map_err(|problem| Error::Gguf { path: self.path.clone(), problem: format!("tensor `{name}`: {problem}") })?;
         Ok((out, info.shape()))
     }
 }

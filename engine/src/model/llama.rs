@@ -36,6 +36,11 @@ struct Block {
 impl Llama {
     /// Reads hyperparameters from GGUF metadata (`{arch}.*` keys) and loads the weights.
     pub fn from_gguf(gguf: &Gguf, device: &Device) -> Result<Self> {
+        Self::load(Self::config_from_gguf(gguf)?, gguf, device)
+    }
+
+    /// Hyperparameters from GGUF metadata.
+    pub fn config_from_gguf(gguf: &Gguf) -> Result<ModelConfig> {
         let arch = gguf.architecture()?.to_string();
         let key = |k: &str| format!("{arch}.{k}");
         let n_heads = gguf.get_u64(&key("attention.head_count"))? as usize;
@@ -81,7 +86,8 @@ impl Llama {
             tied_embeddings: gguf.tensor_info("output.weight").is_none(),
             architecture: arch,
         };
-        Self::load(cfg, gguf, device)
+        cfg.check(gguf.path())?;
+        Ok(cfg)
     }
 
     /// Builds the model from a validated config and a weight source using GGUF tensor names.

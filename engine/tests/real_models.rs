@@ -1,0 +1,78 @@
+//! Real GGUF models against transformers (which dequantizes the same GGUF to f32): greedy
+//! continuations must agree token for token for 32 tokens, or up to the first step where the
+//! reference's top-2 logit margin is below 0.5 (near-ties legitimately flip under different
+//! arithmetic, DESIGN.md §5). References: scripts/make_real_references.py.
+
+mod common;
+
+use burn::tensor::Device;
+use common::{fixtures, read_json, real_model};
+use engine::generate::{generate, GenerationConfig};
+
+const NEAR_TIE: f64 = 0.5;
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn cases(j: &serde_json::Value) -> Vec<serde_json::Value> {
+    let list = if j.is_array() { j } else if j.get("cases").is_some() { &j["cases"] } else { &j["prompts"] };
+    list.as_array().expect("reference cases").clone()
+}
+
+fn check_against_reference(short_name: &str, fixture: &str) {
+    let Some(path) = real_model(short_name) else { return };
+    let device = Device::flex();
+    let loaded = engine::load_files(engine::source::ModelFiles::Gguf(path), &device).unwrap();
+    let reference = read_json(&fixtures().join("real").join(fixture));
+    let mut exact = 0;
+    let cases = cases(&reference);
+    for case in &cases {
+        let prompt_ids = ids(&case["prompt_ids"]);
+        let want = ids(&case["greedy_ids"]);
+        let margins: Vec<f64> = case["top2_margin"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        // Our tokenizer must produce the reference's prompt ids from the same text.
+        let text = case["prompt"].as_str().unwrap();
+        let chat = case["chat"].as_bool().unwrap_or(false);
+        if !chat {
+            assert_eq!(loaded.tokenizer.encode(text, true).unwrap(), prompt_ids, "{short_name}: prompt ids for {text:?}");
+        }
+        let cfg = GenerationConfig { max_new_tokens: want.len(), stop_at_eos: false, ..Default::default() };
+        let got = generate(loaded.model.as_ref(), &prompt_ids, &[], &cfg, |_| {}).unwrap().tokens;
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        let first_tie = margins.iter().position(|&m| m < NEAR_TIE);
+        match first_diff {
+            None => {
+                exact += 1;
+                eprintln!("{short_name}: {text:?}: all {} tokens equal", want.len());
+            }
+            Some(step) => {
+                eprintln!(
+                    "{short_name}: {text:?}: diverges at step {step} (reference top-2 margin there {:.3}; first near-tie at {:?})",
+                    margins[step], first_tie
+                );
+                assert!(
+                    first_tie.is_some_and(|t| t <= step),
+                    "{short_name}: {text:?} diverges at step {step} with reference margin {:.3} and no earlier near-tie\n ours {got:?}\n ref  {want:?}",
+                    margins[step]
+                );
+            }
+        }
+    }
+    eprintln!("{short_name}: {exact}/{} continuations identical for all tokens", cases.len());
+}
+
+#[test]
+fn smollm2_greedy_matches_transformers() {
+    check_against_reference("smollm2-135m", "smollm2-135m.json");
+}
+
+#[test]
+fn qwen_coder_05b_greedy_matches_transformers() {
+    check_against_reference("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b.json");
+}
+
+#[test]
+fn qwen_coder_15b_greedy_matches_transformers() {
+    check_against_reference("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b.json");
+}

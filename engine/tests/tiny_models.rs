@@ -1,0 +1,178 @@
+//! Tiny random-weight Llama and Qwen2 models made by scripts/make_tiny_models.py with Python
+//! transformers: our logits must match the reference for every position, from both the GGUF and
+//! the safetensors copy, on flex and ndarray; and the KV cache must behave.
+
+mod common;
+
+use burn::tensor::Device;
+use common::{fixtures, max_abs_diff, read_json};
+use engine::gguf::Gguf;
+use engine::model::{load_gguf, load_hf, CausalLm, LogitRows};
+use engine::safetensors::HfModelDir;
+use engine::Error;
+
+/// Max |Δlogit| allowed against transformers (f32 both sides; logits are O(1–10)).
+const TOL: f32 = 1e-4;
+
+struct Reference {
+    tokens: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+}
+
+fn reference(name: &str) -> Reference {
+    let j = read_json(&fixtures().join("tiny").join(format!("{name}.ref.json")));
+    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    Reference {
+        tokens: ids(&j["tokens"]),
+        logits: j["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+            .collect(),
+        greedy: ids(&j["greedy"]),
+    }
+}
+
+fn gguf_model(name: &str, device: &Device) -> Box<dyn CausalLm> {
+    let g = Gguf::open(fixtures().join("tiny").join(format!("{name}.gguf"))).unwrap();
+    load_gguf(&g, device).unwrap()
+}
+
+fn hf_model(name: &str, device: &Device) -> Box<dyn CausalLm> {
+    let dir = HfModelDir::open(fixtures().join("tiny").join(format!("{name}-hf"))).unwrap();
+    load_hf(&dir, device).unwrap()
+}
+
+fn check_logits(model: &dyn CausalLm, r: &Reference, what: &str) {
+    let mut cache = model.new_cache(64).unwrap();
+    let logits = model.forward(&r.tokens, &mut cache, LogitRows::All).unwrap();
+    assert_eq!(logits.rows(), r.tokens.len());
+    let mut worst = 0f32;
+    for (i, want) in r.logits.iter().enumerate() {
+        worst = worst.max(max_abs_diff(logits.row(i), want));
+    }
+    eprintln!("{what}: max |Δlogit| = {worst:.2e}");
+    assert!(worst < TOL, "{what}: logits differ from transformers by {worst}");
+}
+
+fn greedy(model: &dyn CausalLm, prompt: &[u32], n: usize) -> Vec<u32> {
+    let cfg = engine::generate::GenerationConfig { max_new_tokens: n, stop_at_eos: false, ..Default::default() };
+    engine::generate::generate(model, prompt, &[], &cfg, |_| {}).unwrap().tokens
+}
+
+#[test]
+fn logits_match_transformers_gguf_and_safetensors_on_flex() {
+    let device = Device::flex();
+    for name in ["llama", "qwen2"] {
+        let r = reference(name);
+        check_logits(gguf_model(name, &device).as_ref(), &r, &format!("{name} gguf flex"));
+        check_logits(hf_model(name, &device).as_ref(), &r, &format!("{name} safetensors flex"));
+    }
+}
+
+#[test]
+fn logits_match_transformers_on_ndarray() {
+    let device = Device::ndarray();
+    for name in ["llama", "qwen2"] {
+        let r = reference(name);
+        check_logits(gguf_model(name, &device).as_ref(), &r, &format!("{name} gguf ndarray"));
+        assert_eq!(greedy(gguf_model(name, &device).as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} ndarray greedy");
+    }
+}
+
+#[test]
+fn greedy_continuation_matches_transformers() {
+    let device = Device::flex();
+    for name in ["llama", "qwen2"] {
+        let r = reference(name);
+        assert_eq!(greedy(gguf_model(name, &device).as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} gguf");
+        assert_eq!(greedy(hf_model(name, &device).as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} hf");
+    }
+}
+
+#[test]
+fn incremental_forward_equals_one_pass() {
+    let device = Device::flex();
+    for name in ["llama", "qwen2"] {
+        let model = gguf_model(name, &device);
+        let r = reference(name);
+        let mut cache = model.new_cache(64).unwrap();
+        let full = model.forward(&r.tokens, &mut cache, LogitRows::All).unwrap();
+        // Chunks of 1, 4 and the rest, each starting at the cache length.
+        let mut cache = model.new_cache(64).unwrap();
+        let mut row = 0;
+        for chunk in [&r.tokens[..1], &r.tokens[1..5], &r.tokens[5..]] {
+            let part = model.forward(chunk, &mut cache, LogitRows::All).unwrap();
+            for i in 0..chunk.len() {
+                let d = max_abs_diff(part.row(i), full.row(row));
+                assert!(d < 1e-5, "{name}: chunked row {row} differs by {d}");
+                row += 1;
+            }
+        }
+        assert_eq!(cache.len(), r.tokens.len());
+        // LogitRows::Last is the last row of All.
+        let mut cache = model.new_cache(64).unwrap();
+        let last = model.forward(&r.tokens, &mut cache, LogitRows::Last).unwrap();
+        assert_eq!(last.rows(), 1);
+        assert!(max_abs_diff(last.row(0), full.last()) < 1e-5);
+    }
+}
+
+#[test]
+fn truncate_rolls_back_and_recomputes_identically() {
+    let device = Device::flex();
+    let model = gguf_model("llama", &device);
+    let r = reference("llama");
+    let mut cache = model.new_cache(32).unwrap();
+    let full = model.forward(&r.tokens, &mut cache, LogitRows::All).unwrap();
+    // Overwrite positions 6.. with other tokens, roll back, and redo the originals.
+    cache.truncate(6);
+    let junk: Vec<u32> = r.tokens[6..].iter().map(|t| (t + 17) % 256).collect();
+    model.forward(&junk, &mut cache, LogitRows::All).unwrap();
+    cache.truncate(6);
+    assert_eq!(cache.len(), 6);
+    let redo = model.forward(&r.tokens[6..], &mut cache, LogitRows::All).unwrap();
+    for i in 0..r.tokens.len() - 6 {
+        let d = max_abs_diff(redo.row(i), full.row(6 + i));
+        assert!(d < 1e-5, "row {} differs by {d} after rollback", 6 + i);
+    }
+}
+
+#[test]
+fn overflow_and_bad_tokens_are_typed_errors_that_leave_the_cache_alone() {
+    let device = Device::flex();
+    let model = gguf_model("qwen2", &device);
+    let mut cache = model.new_cache(4).unwrap();
+    model.forward(&[1, 2, 3], &mut cache, LogitRows::Last).unwrap();
+    let err = model.forward(&[4, 5], &mut cache, LogitRows::Last).unwrap_err();
+    assert!(matches!(err, Error::ContextOverflow { needed: 5, capacity: 4 }), "{err}");
+    assert_eq!(cache.len(), 3, "a failed forward must not move the cache");
+    let err = model.forward(&[100_000], &mut cache, LogitRows::Last).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(matches!(model.forward(&[], &mut cache, LogitRows::Last), Err(Error::InvalidArgument(_))));
+    let ctx = model.config().context_length;
+    assert!(matches!(model.new_cache(ctx + 1), Err(Error::ContextOverflow { .. })));
+    // generate() refuses up front when prompt + budget cannot fit.
+    let cfg = engine::generate::GenerationConfig { max_new_tokens: ctx, ..Default::default() };
+    let err = engine::generate::generate(model.as_ref(), &[1, 2, 3], &[], &cfg, |_| {}).unwrap_err();
+    assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
+}
+
+#[test]
+fn unsupported_architecture_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("specdec-arch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Copy the tiny llama GGUF and rename its architecture in the metadata (same length string).
+    let mut bytes = std::fs::read(fixtures().join("tiny").join("llama.gguf")).unwrap();
+    let pos = bytes.windows(5).position(|w| w == b"llama").unwrap();
+    bytes[pos..pos + 5].copy_from_slice(b"mamba");
+    let path = dir.join("mamba.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = match Gguf::open(&path) {
+        Ok(g) => load_gguf(&g, &Device::flex()).err().expect("mamba must not load"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("mamba.gguf"), "{err}");
+}

@@ -1,0 +1,53 @@
+//! Backend and thread selection: the one place that names concrete Burn backends.
+
+use anyhow::{bail, Result};
+use burn::tensor::Device;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Flex,
+    Ndarray,
+    Wgpu,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Flex => "flex",
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+        })
+    }
+}
+
+impl Backend {
+    pub fn device(self) -> Result<Device> {
+        match self {
+            Backend::Flex => Ok(Device::flex()),
+            #[cfg(feature = "ndarray")]
+            Backend::Ndarray => Ok(Device::ndarray()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(Device::wgpu(Default::default())),
+            #[allow(unreachable_patterns)]
+            other => bail!("this specdec was built without the `{other}` backend: rebuild with `--features {other}`"),
+        }
+    }
+}
+
+/// Sizes the global rayon pool the CPU backends compute on; returns the thread count in use.
+pub fn init_threads(threads: Option<usize>) -> Result<usize> {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    Ok(n)
+}
+
+/// Peak resident set size of this process (Linux: VmHWM), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

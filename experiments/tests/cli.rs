@@ -1,0 +1,123 @@
+//! The `specdec` binary end to end: output shapes, and clear errors (never panics) on bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn specdec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_specdec")).args(args).output().expect("run specdec")
+}
+
+fn tiny(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../engine/tests/fixtures/tiny")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("specdec-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn generate_json_has_the_documented_fields() {
+    let model = tiny("llama.gguf");
+    let o = specdec(&["generate", "--model", &model, "--prompt", "hello", "--max-new-tokens", "6", "--ignore-eos", "--json", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["text", "tokens", "prompt_tokens", "prefill_s", "decode_s", "decode_tok_s", "prefill_tok_s", "load_s"] {
+        assert!(j.get(key).is_some(), "missing `{key}` in {j}");
+    }
+    assert_eq!(j["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(j["prompt_tokens"], 5, "byte-level tiny vocabulary: one token per byte");
+}
+
+#[test]
+fn same_seed_same_sampled_text() {
+    let model = tiny("qwen2.gguf");
+    let run = |seed: &str| {
+        let o = specdec(&["generate", "--model", &model, "--prompt", "abc", "--max-new-tokens", "12", "--ignore-eos",
+            "--temperature", "0.9", "--top-p", "0.95", "--seed", seed, "--json", "--threads", "1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["tokens"].clone()
+    };
+    assert_eq!(run("5"), run("5"));
+    assert_ne!(run("5"), run("6"));
+}
+
+#[test]
+fn inspect_describes_the_model() {
+    let o = specdec(&["inspect", &tiny("qwen2.gguf")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("qwen2") && out.contains("tokenizer") && out.contains("F32"), "{out}");
+    let o = specdec(&["inspect", "--json", &tiny("llama.gguf")]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["architecture"], "llama");
+    assert_eq!(j["config"]["n_layers"], 2);
+}
+
+#[test]
+fn models_lists_the_short_names() {
+    let o = specdec(&["models"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for name in ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "gemma3-270m"] {
+        assert!(out.contains(name), "{out}");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_with_the_file_named() {
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--model".into(), "/no/such/model.gguf".into()], "/no/such/model.gguf"),
+        (vec!["--model".into(), temp_file("bad-magic.gguf", b"NOTGGUF at all, just text")], "not a valid GGUF"),
+        (vec!["--model".into(), temp_file("truncated.gguf", &std::fs::read(tiny("llama.gguf")).unwrap()[..5000])], "truncated.gguf"),
+        (vec!["--model".into(), "hf:owner-that/does-not-exist".into()], "hf:"),
+    ];
+    for (mut args, needle) in cases {
+        let mut full = vec!["generate".to_string()];
+        full.append(&mut args);
+        full.extend(["--prompt".into(), "hi".into()]);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let o = specdec(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{full:?}: {err}");
+        assert!(err.contains("error:") && !err.contains("panicked"), "{full:?}: {err}");
+        if needle != "hf:" {
+            assert!(err.contains(needle), "{full:?}: expected `{needle}` in {err}");
+        }
+    }
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_a_clear_error() {
+    let long = "x".repeat(300); // tiny models have a 128-token context, one token per byte
+    let o = specdec(&["generate", "--model", &tiny("llama.gguf"), "--prompt", &long, "--max-new-tokens", "4"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("context overflow"), "{err}");
+}
+
+#[test]
+fn offline_hub_is_reported_as_offline() {
+    // No network here (and in CI): an hf: source must say so clearly, not hang or panic.
+    let dir = std::env::temp_dir().join(format!("specdec-hf-home-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_specdec"))
+        .args(["inspect", "hf:specdec-test/definitely-not-cached"])
+        .env("HF_HOME", &dir)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("offline") || err.contains("cannot reach"), "{err}");
+}
