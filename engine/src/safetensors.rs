@@ -26,8 +26,11 @@ pub struct HfConfig {
     pub head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
+    /// transformers < 5 writes `rope_theta` (and `rope_scaling`) at the top level; 5.x nests them
+    /// in `rope_parameters`.
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -39,9 +42,6 @@ pub struct HfConfig {
 
 fn default_eps() -> f64 {
     1e-6
-}
-fn default_theta() -> f64 {
-    10_000.0
 }
 
 /// An opened HF directory.
@@ -120,6 +120,14 @@ impl HfModelDir {
         if let Some(scaling) = c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             return Err(Error::Metadata { path, key: "rope_scaling".into(), problem: format!("unsupported: {scaling}") });
         }
+        let params = c.rope_parameters.as_ref();
+        if let Some(kind) = params.and_then(|p| p.get("rope_type")).and_then(|t| t.as_str()).filter(|t| *t != "default") {
+            return Err(Error::Metadata { path, key: "rope_parameters.rope_type".into(), problem: format!("unsupported: {kind}") });
+        }
+        let rope_theta = c
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
+            .unwrap_or(10_000.0);
         let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
         Ok(ModelConfig {
             architecture: c.model_type.clone(),
@@ -132,7 +140,7 @@ impl HfModelDir {
             n_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
             head_dim,
             rope_dims: head_dim,
-            rope_theta: c.rope_theta,
+            rope_theta,
             rope_style: RopeStyle::Neox,
             norm_eps: c.rms_norm_eps,
             context_length: c.max_position_embeddings,
