@@ -223,6 +223,35 @@ fn gemma3_vocabulary_builds_quickly() {
     assert!(took.as_secs_f64() < 10.0, "building the Gemma-3 tokenizer took {took:?}");
 }
 
+/// The greedy-decoding references (fixtures/real, made with transformers from the same GGUFs)
+/// also record each prompt's text, its chat rendering and its ids: check those too.
+#[test]
+fn greedy_reference_prompts_tokenize_identically() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join("real");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("no {}: nothing to compare", dir.display());
+        return;
+    };
+    let mut checked = 0;
+    for entry in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+        let Some(file) = r["file"].as_str() else { continue };
+        let Some(m) = [&SMOLLM2, &QWEN_05B, &QWEN_15B, &GEMMA3].into_iter().find(|m| m.file == file) else { continue };
+        let Some(tok) = load(m) else { continue };
+        for case in r["cases"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let rendered = case["rendered"].as_str().unwrap_or(prompt);
+            if case["chat"].as_bool() == Some(true) {
+                let ours = tok.apply_chat_template(&[ChatMessage::new("user", prompt)], true).unwrap();
+                assert_eq!(ours, rendered, "{file}: chat rendering of {prompt:?}");
+            }
+            assert_eq!(tok.encode(rendered, false).unwrap(), ids(&case["prompt_ids"]), "{file}: ids of {rendered:?}");
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} reference prompts tokenized identically");
+}
+
 #[test]
 fn chat_templates_render() {
     let Some(tok) = load(&SMOLLM2) else { return };
