@@ -5,7 +5,7 @@ Makes engine/tests/fixtures/tiny/:
   llama-hf/, qwen2-hf/    config.json + model.safetensors (save_pretrained)
   llama.gguf, qwen2.gguf  the same weights as GGUF (F32), written like llama.cpp's
                           convert_hf_to_gguf.py: Q/K rows permuted for `llama`, not for `qwen2`;
-                          a byte-level GPT-2 tokenizer (256 byte tokens, no merges)
+                          a byte-level GPT-2 tokenizer: 256 byte tokens + 4 merges (ids 256..259)
   llama.ref.json, qwen2.ref.json  {"tokens", "logits" (every position), "greedy" (16 ids)}
 
 Needs: pip install torch transformers gguf numpy safetensors
@@ -20,6 +20,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "engine", "tests", "fixtures", "tiny")
+MERGES = ["Ġ t", "h e", "i n", "Ġ a"]
 TOKENS = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]  # "Hello, world"
 
 
@@ -69,9 +70,9 @@ def write_gguf(model, cfg, arch, path):
     b2u = bytes_to_unicode()
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2" if arch == "qwen2" else "default")
-    w.add_token_list([b2u[b] for b in range(256)])
-    w.add_token_types([1] * 256)
-    w.add_token_merges([])
+    w.add_token_list([b2u[b] for b in range(256)] + ["".join(m.split()) for m in MERGES])
+    w.add_token_types([1] * 260)
+    w.add_token_merges(MERGES)
     w.add_bos_token_id(0)
     w.add_eos_token_id(1)
     w.add_add_bos_token(False)
@@ -110,7 +111,7 @@ def write_gguf(model, cfg, arch, path):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    common = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
     specs = {
         "llama": (LlamaConfig(**common, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False), LlamaForCausalLM, 1),

@@ -37,7 +37,7 @@ fn generate_json_has_the_documented_fields() {
         assert!(j.get(key).is_some(), "missing `{key}` in {j}");
     }
     assert_eq!(j["tokens"].as_array().unwrap().len(), 6);
-    assert_eq!(j["prompt_tokens"], 5, "byte-level tiny vocabulary: one token per byte");
+    assert_eq!(j["prompt_tokens"], 4, "tiny byte-level vocabulary: h+e merge, then l, l, o");
 }
 
 #[test]
