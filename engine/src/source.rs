@@ -245,12 +245,8 @@ fn resolve_hf(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result<
     }
     let config = get("config.json")?;
     for name in &HF_DIR_FILES[1..] {
-        // Optional files: a repo may lack them, but being offline must still be reported.
-        match get(name) {
-            Ok(_) => {}
-            Err(e @ Error::Offline { .. }) => return Err(e),
-            Err(_) => {}
-        }
+        // Optional files: a repo may lack them; what is missing shows up when loading.
+        let _ = get(name);
     }
     match get("model.safetensors.index.json") {
         Ok(index) => {
@@ -258,7 +254,6 @@ fn resolve_hf(repo: &str, revision: Option<&str>, file: Option<&str>) -> Result<
                 get(&shard)?;
             }
         }
-        Err(e @ Error::Offline { .. }) => return Err(e),
         Err(_) => {
             get("model.safetensors")?;
         }
