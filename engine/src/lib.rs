@@ -28,6 +28,7 @@ pub mod model;
 pub mod safetensors;
 pub mod sampling;
 pub mod source;
+pub mod speculative;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

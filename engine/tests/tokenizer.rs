@@ -141,7 +141,88 @@ fn check_self_consistency(m: &RealModel, tok: &Tokenizer) {
 
 /// Every reference case and the rendered chat prompt, against transformers.
 fn check_reference(m: &RealModel, tok: &Tokenizer, r: &Value) {
-    let _ = (m, tok, r);
+    let file = m.file;
+    if let Some(e) = r.get("error").and_then(|e| e.as_str()) {
+        // transformers itself could not load this GGUF: nothing to compare against.
+        eprintln!("{file}: no reference ({e})");
+        return;
+    }
+    if let Some(f) = r["file"].as_str() {
+        assert_eq!(f, file, "fixture made from another file");
+    }
+    if let Some(n) = r["vocab_size"].as_u64() {
+        assert_eq!(tok.vocab_size() as u64, n, "{file}: vocab size");
+    }
+    if let Some(b) = r["bos_id"].as_u64() {
+        assert_eq!(tok.bos_id(), Some(b as u32), "{file}: bos id");
+    }
+    if let Some(e) = r["eos_id"].as_u64() {
+        assert_eq!(tok.eos_ids().first().copied(), Some(e as u32), "{file}: eos id");
+    }
+    if let Some(add_bos) = r["add_bos_token"].as_bool() {
+        assert_eq!(tok.wants_bos(), add_bos, "{file}: add_bos_token");
+    }
+    let cases = r["cases"].as_array().expect("fixture cases");
+    assert!(!cases.is_empty());
+    for case in cases {
+        let text = case["text"].as_str().expect("case text");
+        let want = ids(&case["ids"]);
+        let got = tok.encode(text, false).unwrap();
+        assert_eq!(got, want, "{file}: ids of {text:?}");
+        if let Some(with) = case.get("ids_with_special") {
+            assert_eq!(tok.encode(text, true).unwrap(), ids(with), "{file}: ids (with BOS if wanted) of {text:?}");
+        }
+        // transformers decodes special tokens as text; ours omits them, so compare plain text only.
+        if let Some(decoded) = case.get("decoded").and_then(|d| d.as_str()) {
+            if !want.iter().any(|&i| tok.is_special(i)) {
+                assert_eq!(tok.decode(&want).unwrap(), decoded, "{file}: decode of {text:?}");
+            }
+        }
+        let plain: String = {
+            let mut t = text.to_string();
+            for &i in want.iter().filter(|&&i| tok.is_special(i)) {
+                t = t.replacen(&tok.token_text(i).unwrap(), "", 1);
+            }
+            t
+        };
+        assert_eq!(tok.decode(&want).unwrap(), plain, "{file}: decode(reference ids of {text:?})");
+        assert_eq!(stream(tok, &want), plain, "{file}: streaming the reference ids of {text:?}");
+    }
+    eprintln!("{file}: all {} reference cases give transformers' ids", cases.len());
+
+    let template = r.get("chat_template").and_then(|t| t.as_str());
+    assert_eq!(tok.chat_template(), template, "{file}: chat template");
+    if let Some(chat) = r.get("chat") {
+        let messages: Vec<ChatMessage> = serde_json::from_value(chat["messages"].clone()).expect("chat messages");
+        match chat.get("text").and_then(|t| t.as_str()) {
+            Some(want) => {
+                let text = tok.apply_chat_template(&messages, true).unwrap();
+                assert_eq!(text, want, "{file}: rendered chat");
+                assert_eq!(tok.encode(&text, false).unwrap(), ids(&chat["ids"]), "{file}: ids of the rendered chat");
+                eprintln!("{file}: chat template renders and tokenizes like transformers");
+            }
+            None => {
+                // No template (or transformers failed to render it): ours must fail too, typed.
+                let e = tok.apply_chat_template(&messages, true);
+                if template.is_none() {
+                    assert!(matches!(e, Err(engine::Error::ChatTemplate { .. })), "{file}: {e:?}");
+                }
+            }
+        }
+    }
+    if let Some(same) = r.get("same_vocab_as").and_then(|v| v.as_object()) {
+        for (other, is_same) in same {
+            let Some(om) = [&SMOLLM2, &QWEN_05B, &QWEN_15B, &GEMMA3].into_iter().find(|x| x.file == other) else {
+                continue;
+            };
+            let Some(o) = load(om) else { continue };
+            assert_eq!(
+                o.vocab_fingerprint() == tok.vocab_fingerprint(),
+                is_same.as_bool().unwrap(),
+                "{file} vs {other}: vocabulary fingerprints"
+            );
+        }
+    }
 }
 
 fn check_model(m: &RealModel) {

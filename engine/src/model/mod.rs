@@ -138,6 +138,13 @@ impl KvCache {
         Ok(self.len..end)
     }
 
+    /// Marks `len` positions as filled. Models call this after writing every layer for the
+    /// positions [`reserve`](Self::reserve) handed out; stateless toy models call it alone.
+    pub fn commit(&mut self, len: usize) {
+        assert!(len <= self.capacity, "commit past the reserved capacity");
+        self.len = len;
+    }
+
     /// Writes this layer's new keys/values (shape [1, kv_heads, n, head_dim]) at `positions` and
     /// returns views of all keys/values up to `positions.end`.
     fn append(&mut self, layer: usize, positions: Range<usize>, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
@@ -154,9 +161,6 @@ impl KvCache {
         (write(&mut cache.k, k), write(&mut cache.v, v))
     }
 
-    fn commit(&mut self, len: usize) {
-        self.len = len;
-    }
 }
 
 /// Precomputed rotary tables for positions `0..max_positions`.

@@ -1,0 +1,108 @@
+//! Proposers: anything that can guess the next k tokens. A draft model returns the distributions it
+//! sampled from (its q); deterministic proposers return none and are verified as one-hot q.
+
+use crate::error::Result;
+use crate::model::{CausalLm, KvCache, LogitRows};
+use crate::sampling::{argmax, warp, Probs, Sampler};
+
+/// Up to k proposed tokens, and the draft distribution each was sampled from (if any).
+#[derive(Debug, Clone, Default)]
+pub struct Proposal {
+    pub tokens: Vec<u32>,
+    /// One row per token: exactly the warped distribution the token was drawn from.
+    pub probs: Option<Vec<Probs>>,
+}
+
+/// The seam between drafting and verification.
+pub trait Proposer {
+    /// Sees the prompt before decoding starts (a model proposer prefills its cache here).
+    fn prefill(&mut self, _context: &[u32]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Proposes up to `k` tokens continuing `context` (prompt and everything emitted so far). A
+    /// sampling proposer must draw from the warping in `sampler.params()` — the target's — using
+    /// `sampler`'s uniforms, and return those distributions.
+    fn propose(&mut self, context: &[u32], k: usize, sampler: &mut Sampler) -> Result<Proposal>;
+
+    /// Only the first `len` tokens of the last `context` + proposal stand; forget the rest.
+    fn rollback(&mut self, len: usize);
+
+    /// Forward passes run so far (for cost accounting: c = time per draft step / target step).
+    fn steps(&self) -> usize {
+        0
+    }
+}
+
+/// A smaller model with the target's vocabulary, drafting autoregressively with its own KV cache.
+pub struct DraftModel<'m> {
+    model: &'m dyn CausalLm,
+    cache: KvCache,
+    /// The tokens whose keys/values are in `cache` (its first `cache.len()`).
+    seen: Vec<u32>,
+    steps: usize,
+}
+
+impl<'m> DraftModel<'m> {
+    pub fn new(model: &'m dyn CausalLm, capacity: usize) -> Result<Self> {
+        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0 })
+    }
+
+    /// Feeds whatever of `context` the cache has not seen and returns the logits of its last token.
+    fn catch_up(&mut self, context: &[u32]) -> Result<Vec<f32>> {
+        // Keep the longest prefix the cache shares with `context`, and always re-feed at least the
+        // last token so there are logits to draft from.
+        let common = self.seen.iter().zip(context).take_while(|(a, b)| a == b).count();
+        let keep = common.min(context.len().saturating_sub(1)).min(self.cache.len());
+        self.cache.truncate(keep);
+        self.seen.truncate(keep);
+        let feed = &context[keep..];
+        let logits = self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
+        self.steps += 1;
+        self.seen.extend_from_slice(feed);
+        Ok(logits.last().to_vec())
+    }
+}
+
+impl Proposer for DraftModel<'_> {
+    fn prefill(&mut self, context: &[u32]) -> Result<()> {
+        // Everything but the last token: the first propose() feeds that one and drafts from it.
+        if context.len() > 1 {
+            self.model.forward(&context[..context.len() - 1], &mut self.cache, LogitRows::Last)?;
+            self.seen = context[..context.len() - 1].to_vec();
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, context: &[u32], k: usize, sampler: &mut Sampler) -> Result<Proposal> {
+        if k == 0 {
+            return Ok(Proposal { tokens: vec![], probs: Some(vec![]) });
+        }
+        let params = *sampler.params();
+        let mut row = self.catch_up(context)?;
+        let mut tokens = Vec::with_capacity(k);
+        let mut probs = Vec::with_capacity(k);
+        for i in 0..k {
+            let q = warp(&row, &params);
+            let d = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            tokens.push(d);
+            probs.push(q);
+            if i + 1 < k {
+                let logits = self.model.forward(&[d], &mut self.cache, LogitRows::Last)?;
+                self.steps += 1;
+                self.seen.push(d);
+                row = logits.last().to_vec();
+            }
+        }
+        Ok(Proposal { tokens, probs: Some(probs) })
+    }
+
+    fn rollback(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.seen.truncate(self.cache.len());
+    }
+
+    fn steps(&self) -> usize {
+        self.steps
+    }
+}

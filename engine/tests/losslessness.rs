@@ -1,0 +1,255 @@
+//! Statistical proof that speculative decoding is lossless: on toy Markov "models" whose exact
+//! sequence probabilities are known, the distribution of speculatively generated sequences passes a
+//! χ² goodness-of-fit test against the target's (p > 0.001, 10⁵ draws, fixed seeds), for several
+//! (p, q) including adversarial ones; and the same test rejects a deliberately wrong verifier.
+
+use burn::tensor::Device;
+use engine::generate::{generate, GenerationConfig};
+use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig, RopeStyle};
+use engine::sampling::{warp, Logits, Probs, SamplingParams};
+use engine::speculative::{generate_speculative, verify, DraftModel, SpecConfig, VerifyMode};
+use engine::Result;
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+/// A first-order Markov model: the logits after token t are `table[t]`, whatever came before.
+struct Markov {
+    table: Vec<Vec<f32>>,
+    cfg: ModelConfig,
+}
+
+impl Markov {
+    fn new(table: Vec<Vec<f32>>) -> Self {
+        let v = table.len();
+        let cfg = ModelConfig {
+            architecture: "markov".into(),
+            name: "toy".into(),
+            vocab_size: v,
+            hidden_size: 1,
+            intermediate_size: 1,
+            n_layers: 0,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+            rope_dims: 2,
+            rope_theta: 1.0,
+            rope_style: RopeStyle::Neox,
+            norm_eps: 0.0,
+            context_length: 4096,
+            qkv_bias: false,
+            tied_embeddings: false,
+        };
+        Markov { table, cfg }
+    }
+
+    /// Log-probabilities → logits, so warp at temperature 1 gives back `probs`.
+    fn from_probs(probs: &[&[f64]]) -> Self {
+        Self::new(probs.iter().map(|row| row.iter().map(|&p| if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY }).collect()).collect())
+    }
+}
+
+impl CausalLm for Markov {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        let range = cache.reserve(tokens.len())?;
+        cache.commit(range.end);
+        let picked: Vec<u32> = match rows {
+            LogitRows::All => tokens.to_vec(),
+            LogitRows::Last => vec![*tokens.last().unwrap()],
+        };
+        let data = picked.iter().flat_map(|&t| self.table[t as usize].iter().copied()).collect();
+        Ok(Logits::new(data, picked.len(), self.cfg.vocab_size))
+    }
+    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        Ok(KvCache::new(0, 1, 1, capacity, &Device::flex()))
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+}
+
+/// χ² goodness of fit of `counts` to `expected_probs`, pooling cells expected below 5.
+fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
+    let n: u64 = counts.iter().sum();
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
+    for (&o, &p) in counts.iter().zip(expected_probs) {
+        let e = p * n as f64;
+        if e < 5.0 {
+            pooled_o += o as f64;
+            pooled_e += e;
+        } else {
+            cells.push((o as f64, e));
+        }
+    }
+    if pooled_e > 0.0 || pooled_o > 0.0 {
+        // Observations where nothing was expected make the statistic infinite: a certain failure.
+        cells.push((pooled_o, pooled_e.max(1e-12)));
+    }
+    let stat: f64 = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
+    let df = (cells.len() - 1) as f64;
+    (stat, 1.0 - ChiSquared::new(df).unwrap().cdf(stat))
+}
+
+const DRAWS: u64 = 100_000;
+const MIN_P: f64 = 0.001;
+
+/// Generates `len` tokens after `start` DRAWS times and tests the sequence distribution.
+fn sequence_test(target: &Markov, draft: &Markov, k: usize, params: SamplingParams, len: usize) -> f64 {
+    let v = target.cfg.vocab_size;
+    let start = 0u32;
+    // Exact target sequence probabilities under the warping.
+    let rows: Vec<Probs> = target.table.iter().map(|r| warp(r, &params)).collect();
+    let cells = v.pow(len as u32);
+    let mut expected = vec![0.0; cells];
+    for (c, e) in expected.iter_mut().enumerate() {
+        let (mut prev, mut prob, mut rest) = (start as usize, 1.0, c);
+        for _ in 0..len {
+            let tok = rest % v;
+            rest /= v;
+            prob *= rows[prev].get(tok as u32) as f64;
+            prev = tok;
+        }
+        *e = prob;
+    }
+    let mut counts = vec![0u64; cells];
+    let cfg = |seed| SpecConfig {
+        generation: GenerationConfig { max_new_tokens: len, sampling: params, seed, stop_at_eos: false },
+        k,
+    };
+    for seed in 0..DRAWS {
+        let mut proposer = DraftModel::new(draft, 64).unwrap();
+        let out = generate_speculative(target, &mut proposer, &[start], &[], &cfg(seed), |_| {}).unwrap();
+        let cell = out.generation.tokens.iter().rev().fold(0, |acc, &t| acc * v + t as usize);
+        counts[cell] += 1;
+    }
+    let (stat, p) = chi_square_p_value(&counts, &expected);
+    eprintln!("k={k} {params:?} len={len}: χ² = {stat:.1}, p = {p:.4}");
+    p
+}
+
+fn target() -> Markov {
+    Markov::from_probs(&[
+        &[0.10, 0.40, 0.20, 0.20, 0.10],
+        &[0.30, 0.05, 0.30, 0.05, 0.30],
+        &[0.25, 0.25, 0.25, 0.15, 0.10],
+        &[0.05, 0.05, 0.10, 0.40, 0.40],
+        &[0.50, 0.10, 0.10, 0.10, 0.20],
+    ])
+}
+
+#[test]
+fn speculative_sequences_follow_the_target_distribution() {
+    let t = target();
+    // A plausible draft: related but different.
+    let close = Markov::from_probs(&[
+        &[0.20, 0.30, 0.20, 0.20, 0.10],
+        &[0.20, 0.20, 0.20, 0.20, 0.20],
+        &[0.40, 0.10, 0.30, 0.10, 0.10],
+        &[0.10, 0.10, 0.10, 0.30, 0.40],
+        &[0.30, 0.30, 0.10, 0.10, 0.20],
+    ]);
+    assert!(sequence_test(&t, &close, 2, SamplingParams::with_temperature(1.0), 3) > MIN_P);
+    assert!(sequence_test(&t, &close, 4, SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 }, 3) > MIN_P);
+}
+
+#[test]
+fn adversarial_drafts_stay_lossless() {
+    let t = target();
+    // q ≫ p: the draft piles its mass on the target's least likely tokens.
+    let skewed = Markov::from_probs(&[
+        &[0.90, 0.01, 0.01, 0.01, 0.07],
+        &[0.01, 0.90, 0.01, 0.07, 0.01],
+        &[0.01, 0.01, 0.01, 0.07, 0.90],
+        &[0.90, 0.07, 0.01, 0.01, 0.01],
+        &[0.01, 0.90, 0.07, 0.01, 0.01],
+    ]);
+    assert!(sequence_test(&t, &skewed, 3, SamplingParams::with_temperature(1.0), 3) > MIN_P);
+    // Disjoint supports after top-k = 2: the draft never proposes what the target would keep.
+    let disjoint = Markov::from_probs(&[
+        &[0.0, 0.0, 0.0, 0.5, 0.5],
+        &[0.5, 0.0, 0.0, 0.5, 0.0],
+        &[0.0, 0.0, 0.2, 0.4, 0.4],
+        &[0.5, 0.5, 0.0, 0.0, 0.0],
+        &[0.0, 0.5, 0.5, 0.0, 0.0],
+    ]);
+    assert!(sequence_test(&t, &disjoint, 2, SamplingParams { temperature: 1.0, top_k: 2, top_p: 1.0 }, 2) > MIN_P);
+}
+
+/// One verification of a single drafted token, with a pluggable rule, repeated DRAWS times.
+fn single_step_p_value(p: &[f64], q: &[f64], rule: impl Fn(&[Probs], &[Probs], u32, &[f64]) -> u32) -> f64 {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(42);
+    let to = |v: &[f64]| Probs::from_normalized(v.iter().map(|&x| x as f32).collect());
+    let (p_rows, q_rows) = ([to(p), to(p)], [to(q)]);
+    let mut counts = vec![0u64; p.len()];
+    for _ in 0..DRAWS {
+        let d = q_rows[0].sample(rng.random());
+        let u = [rng.random::<f64>(), rng.random::<f64>()];
+        counts[rule(&p_rows, &q_rows, d, &u) as usize] += 1;
+    }
+    chi_square_p_value(&counts, p).1
+}
+
+#[test]
+fn the_test_has_power_a_verifier_without_the_residual_fails_it() {
+    let p = [0.6, 0.3, 0.1, 0.0];
+    let q = [0.1, 0.2, 0.3, 0.4];
+    let correct = |p: &[Probs], q: &[Probs], d: u32, u: &[f64]| {
+        let v = verify(p, Some(q), &[d], u, VerifyMode::Sample);
+        if v.accepted == 1 { d } else { v.next }
+    };
+    // Wrong: accept with min(1, p/q) but, on rejection, resample from p instead of the residual.
+    let no_residual = |p: &[Probs], q: &[Probs], d: u32, u: &[f64]| {
+        let ratio = (p[0].get(d) / q[0].get(d)) as f64;
+        if u[0] < ratio.min(1.0) { d } else { p[0].sample(u[1]) }
+    };
+    // Wrong: always accept the draft.
+    let accept_all = |_: &[Probs], _: &[Probs], d: u32, _: &[f64]| d;
+    let good = single_step_p_value(&p, &q, correct);
+    let bad = single_step_p_value(&p, &q, no_residual);
+    let worse = single_step_p_value(&p, &q, accept_all);
+    eprintln!("correct p = {good:.4}, no-residual p = {bad:.2e}, accept-all p = {worse:.2e}");
+    assert!(good > MIN_P, "the correct verifier failed the test (p = {good})");
+    assert!(bad < MIN_P, "a verifier without the residual passed (p = {bad}): the test has no power");
+    assert!(worse < MIN_P);
+}
+
+#[test]
+fn greedy_speculative_equals_greedy_target_for_every_k() {
+    let t = target();
+    let d = Markov::from_probs(&[
+        &[0.2, 0.3, 0.2, 0.2, 0.1],
+        &[0.2, 0.2, 0.2, 0.3, 0.1],
+        &[0.1, 0.1, 0.3, 0.1, 0.4],
+        &[0.1, 0.1, 0.1, 0.3, 0.4],
+        &[0.5, 0.3, 0.1, 0.0, 0.1],
+    ]);
+    let gen = GenerationConfig { max_new_tokens: 40, stop_at_eos: false, ..Default::default() };
+    for start in 0..5u32 {
+        let want = generate(&t, &[start], &[], &gen, |_| {}).unwrap().tokens;
+        for k in [1, 2, 3, 4, 8] {
+            let mut proposer = DraftModel::new(&d, 64).unwrap();
+            let cfg = SpecConfig { generation: gen.clone(), k };
+            let out = generate_speculative(&t, &mut proposer, &[start], &[], &cfg, |_| {}).unwrap();
+            assert_eq!(out.generation.tokens, want, "start {start}, k {k}");
+            let m = &out.metrics;
+            assert_eq!(m.emitted as usize, want.len() - 1, "every decode-phase token is counted once");
+            assert!(m.tau() >= 1.0 && m.tau() <= (k + 1) as f64);
+        }
+    }
+}
+
+#[test]
+fn eos_and_budget_stop_exactly_like_target_only() {
+    let t = target();
+    let gen = GenerationConfig { max_new_tokens: 30, stop_at_eos: true, sampling: SamplingParams::with_temperature(1.0), seed: 3 };
+    for seed in 0..50 {
+        let gen = GenerationConfig { seed, ..gen.clone() };
+        let mut proposer = DraftModel::new(&t, 64).unwrap(); // self-draft: everything accepted
+        let out = generate_speculative(&t, &mut proposer, &[0], &[4], &SpecConfig { generation: gen.clone(), k: 4 }, |_| {}).unwrap();
+        let toks = &out.generation.tokens;
+        assert!(toks.len() <= 30);
+        assert!(!toks[..toks.len() - 1].contains(&4), "nothing after EOS");
+        assert!(toks.last() == Some(&4) || toks.len() == 30);
+        assert_eq!(out.metrics.alpha(), if out.metrics.drafted > 0 { 1.0 } else { 0.0 }, "a self-draft is always accepted");
+    }
+}
