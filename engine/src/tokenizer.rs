@@ -276,8 +276,23 @@ fn parse_byte_token(t: &str) -> Option<u8> {
 // ---------------------------------------------------------------------------------------------
 
 const GPT2_PRE: &[&str] = &[
-    "default", "gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "trillion", "jina-es", "jina-de", "jina-v2-es",
-    "jina-v2-de", "gigachat", "a.x-4.0", "mellum", "exaone4", "granite-docling",
+    "default",
+    "gpt-2",
+    "gpt2",
+    "phi-2",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+    "jina-es",
+    "jina-de",
+    "jina-v2-es",
+    "jina-v2-de",
+    "gigachat",
+    "a.x-4.0",
+    "mellum",
+    "exaone4",
+    "granite-docling",
 ];
 const DIGITS_GPT2_PRE: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"];
 const QWEN2_PRE: &[&str] = &["qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "kormo", "f2llmv2"];
@@ -287,7 +302,8 @@ const GPT4O_PRE: &[&str] = &["gpt-4o", "llama4", "kanana2"];
 const TEKKEN_PRE: &[&str] = &["tekken"];
 const QWEN35_PRE: &[&str] = &["qwen35"];
 
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN35_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const GPT4O_SPLIT: &str = concat!(
@@ -303,8 +319,7 @@ const TEKKEN_SPLIT: &str = concat!(
 
 /// Every `tokenizer.ggml.pre` value this module understands.
 pub fn supported_pre_tokenizers() -> Vec<&'static str> {
-    [GPT2_PRE, DIGITS_GPT2_PRE, QWEN2_PRE, QWEN35_PRE, LLAMA3_PRE, LLAMA3_MERGING_PRE, GPT4O_PRE, TEKKEN_PRE]
-        .concat()
+    [GPT2_PRE, DIGITS_GPT2_PRE, QWEN2_PRE, QWEN35_PRE, LLAMA3_PRE, LLAMA3_MERGING_PRE, GPT4O_PRE, TEKKEN_PRE].concat()
 }
 
 struct PreConfig {
@@ -397,7 +412,13 @@ impl Tokenizer {
         let types: Vec<TokenType> = match m.ints("tokenizer.ggml.token_type")? {
             None => tokens
                 .iter()
-                .map(|t| if model == "llama" && parse_byte_token(t).is_some() { TokenType::Byte } else { TokenType::Normal })
+                .map(|t| {
+                    if model == "llama" && parse_byte_token(t).is_some() {
+                        TokenType::Byte
+                    } else {
+                        TokenType::Normal
+                    }
+                })
                 .collect(),
             Some(codes) => {
                 if codes.len() != n {
@@ -410,8 +431,9 @@ impl Tokenizer {
                     .iter()
                     .enumerate()
                     .map(|(i, &c)| {
-                        TokenType::from_code(c)
-                            .ok_or_else(|| m.err("tokenizer.ggml.token_type", format!("unknown token type {c} for id {i}")))
+                        TokenType::from_code(c).ok_or_else(|| {
+                            m.err("tokenizer.ggml.token_type", format!("unknown token type {c} for id {i}"))
+                        })
                     })
                     .collect::<Result<_>>()?
             }
@@ -625,9 +647,7 @@ impl Tokenizer {
         let mut chat_template = config.as_ref().and_then(|c| c.get("chat_template")).and_then(|t| match t {
             serde_json::Value::String(s) => Some(s.clone()),
             serde_json::Value::Array(list) => {
-                let named = |name: &str| {
-                    list.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
-                };
+                let named = |name: &str| list.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name));
                 named("default")
                     .or_else(|| list.first())
                     .and_then(|e| e.get("template"))
@@ -711,7 +731,8 @@ impl Tokenizer {
     /// single ids. With `add_bos`, BOS is prepended if the model wants one
     /// ([`wants_bos`](Self::wants_bos)).
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| tok_err(&self.origin, format!("encoding failed: {e}")))?;
+        let enc =
+            self.inner.encode_fast(text, false).map_err(|e| tok_err(&self.origin, format!("encoding failed: {e}")))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_bos && self.add_bos {
             ids.extend(self.bos_id);
@@ -852,8 +873,7 @@ impl Tokenizer {
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| tok_err(&path.display().to_string(), format!("invalid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| tok_err(&path.display().to_string(), format!("invalid JSON: {e}")))
 }
 
 fn fingerprint(pieces: &[Box<[u8]>]) -> u64 {
@@ -931,7 +951,9 @@ fn build_byte_level_bpe(
         let Some(pos) = line[first..].find(' ').map(|p| p + first) else {
             return Err(tok_err(
                 origin,
-                format!("metadata `tokenizer.ggml.merges`: entry {i} ({line:?}) is not two tokens separated by a space"),
+                format!(
+                    "metadata `tokenizer.ggml.merges`: entry {i} ({line:?}) is not two tokens separated by a space"
+                ),
             ));
         };
         let (a, b) = (&line[..pos], &line[pos + 1..]);
@@ -1027,15 +1049,18 @@ pub struct StreamDecoder<'a> {
     // Byte-table path.
     pending: Vec<u8>,
     started: bool,
-    // Generic path (decode-and-diff, as `tokenizers`' DecodeStream).
+    // Generic path (decode-and-diff, like `tokenizers`' DecodeStream): `ids` holds the chunk of
+    // ids whose text was emitted last (`emitted` of them, decoding to `prefix`) followed by the
+    // ids not emitted yet. Diffing against that chunk gives spacing rules their left context and
+    // always starts decoding at a character boundary.
     ids: Vec<u32>,
+    emitted: usize,
     prefix: String,
-    prefix_index: usize,
 }
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder { tok, pending: Vec::new(), started: false, ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
+        StreamDecoder { tok, pending: Vec::new(), started: false, ids: Vec::new(), emitted: 0, prefix: String::new() }
     }
 
     /// Adds one id; returns newly completed text, if any. Out-of-range ids are ignored.
@@ -1054,19 +1079,26 @@ impl<'a> StreamDecoder<'a> {
             }
             Decoding::Hf => {
                 self.ids.push(id);
-                let text = tok.inner.decode(&self.ids[self.prefix_index..], true).ok()?;
-                if text.len() > self.prefix.len() && !text.ends_with('\u{FFFD}') && text.is_char_boundary(self.prefix.len())
-                {
-                    let new = text[self.prefix.len()..].to_string();
-                    // Keep the last id as context so spacing rules see their neighbour.
-                    self.prefix_index = self.ids.len() - 1;
-                    self.prefix = tok.inner.decode(&self.ids[self.prefix_index..], true).ok()?;
-                    Some(new)
-                } else {
-                    None
+                let text = tok.inner.decode(&self.ids, true).unwrap_or_default();
+                if text.ends_with('\u{FFFD}') {
+                    return None;
                 }
+                self.take_new(&text)
             }
         }
+    }
+
+    /// Emits what `text` (the decoding of `ids`) adds to `prefix`, and makes the ids not yet
+    /// emitted the new chunk.
+    fn take_new(&mut self, text: &str) -> Option<String> {
+        if text.len() <= self.prefix.len() || !text.is_char_boundary(self.prefix.len()) {
+            return None;
+        }
+        let new = text[self.prefix.len()..].to_string();
+        self.ids.drain(..self.emitted);
+        self.emitted = self.ids.len();
+        self.prefix = self.tok.inner.decode(&self.ids, true).unwrap_or_default();
+        Some(new)
     }
 
     /// Whatever is still held back (an incomplete UTF-8 tail becomes U+FFFD).
@@ -1074,16 +1106,8 @@ impl<'a> StreamDecoder<'a> {
         let out = match self.tok.decoding {
             Decoding::Pieces => String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned(),
             Decoding::Hf => {
-                let text = self.tok.inner.decode(&self.ids[self.prefix_index..], true).unwrap_or_default();
-                let out = if text.len() > self.prefix.len() && text.is_char_boundary(self.prefix.len()) {
-                    text[self.prefix.len()..].to_string()
-                } else {
-                    String::new()
-                };
-                self.ids.clear();
-                self.prefix_index = 0;
-                self.prefix.clear();
-                out
+                let text = self.tok.inner.decode(&self.ids, true).unwrap_or_default();
+                self.take_new(&text).unwrap_or_default()
             }
         };
         (!out.is_empty()).then_some(out)
@@ -1158,10 +1182,8 @@ fn render_chat_template(
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("{RAISED}{msg}")))
     });
     env.add_function("strftime_now", |fmt: String| -> String {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let secs =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         strftime(&fmt, secs)
     });
     env.add_filter("tojson", tojson_python);
@@ -1286,7 +1308,17 @@ fn write_json(
 /// A small `strftime` for `strftime_now` (UTC): `%Y %y %m %d %e %H %I %M %S %p %b %B %a %A %j %%`.
 fn strftime(fmt: &str, unix_secs: i64) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
         "December",
     ];
     const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
@@ -1340,7 +1372,6 @@ fn strftime(fmt: &str, unix_secs: i64) -> String {
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1741,7 +1772,6 @@ mod tests {
         let text = "hello wörld é🎉";
         let ids = g.encode(text, false).unwrap();
         assert_eq!(j.encode(text, false).unwrap(), ids);
-        eprintln!("ids {ids:?} toks {:?}", ids.iter().map(|&i| j.token_text(i)).collect::<Vec<_>>());
         assert_eq!(g.decode(&ids).unwrap(), text);
         assert_eq!(j.decode(&ids).unwrap(), text);
         let mut s = StreamDecoder::new(&j);
@@ -1883,7 +1913,8 @@ mod tests {
 
     #[test]
     fn chat_template_errors_are_chat_template_errors() {
-        let t = templated("{% if messages[0].role != 'system' %}{{ raise_exception('System role required') }}{% endif %}");
+        let t =
+            templated("{% if messages[0].role != 'system' %}{{ raise_exception('System role required') }}{% endif %}");
         let p = template_problem(t.apply_chat_template(&[ChatMessage::new("user", "x")], true));
         assert!(p.contains("System role required"), "{p}");
         let t = templated("{% for %}");
@@ -1905,7 +1936,10 @@ mod tests {
 
     #[test]
     fn strftime_formats_utc() {
-        assert_eq!(strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %%", 0), "1970-01-01 00:00:00 Thu Thursday Jan January 001 70 %");
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %y %%", 0),
+            "1970-01-01 00:00:00 Thu Thursday Jan January 001 70 %"
+        );
         // 2024-03-01 13:05:09 UTC, a Friday in a leap year.
         assert_eq!(strftime("%d %b %Y, %I:%M %p, %A, day %j", 1_709_298_309), "01 Mar 2024, 01:05 PM, Friday, day 061");
         assert_eq!(strftime("%e|%Q", 1_709_298_309), " 1|%Q");

@@ -2,17 +2,17 @@
 //! biases on the Q/K/V projections and NeoX rotary). Pre-norm decoder blocks with RMSNorm,
 //! rotary position embeddings, grouped-query attention and a SwiGLU MLP.
 
-use super::weights::{load, load_opt};
-use super::{logits_to_host, rms_norm, CausalLm, KvCache, Linear, LogitRows, ModelConfig, Rope, RopeStyle, WeightSource};
+use super::weights::{load, load_matrix, load_matrix_opt};
+use super::{logits_to_host, rms_norm, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, Rope, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 pub struct Llama {
     cfg: ModelConfig,
-    embed: Tensor<2>,
+    embed: Matrix,
     blocks: Vec<Block>,
     final_norm: Tensor<1>,
     /// `None` when the LM head is tied to the embedding matrix.
@@ -97,7 +97,7 @@ impl Llama {
         let (q_out, kv_out) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
-                weight: load(src, &format!("{name}.weight"), [out, inp], device)?,
+                weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?,
                 bias: if bias { Some(load(src, &format!("{name}.bias"), [out], device)?) } else { None },
             })
         };
@@ -117,11 +117,11 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = load_opt(src, "output.weight", [cfg.vocab_size, d], device)?.map(|weight| Linear { weight, bias: None });
+        let output = load_matrix_opt(src, "output.weight", cfg.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
         let rope = Rope::new(&cfg, cfg.context_length, device);
         let tied_embeddings = output.is_none();
         Ok(Llama {
-            embed: load(src, "token_embd.weight", [cfg.vocab_size, d], device)?,
+            embed: load_matrix(src, "token_embd.weight", cfg.vocab_size, d, device)?,
             final_norm: load(src, "output_norm.weight", [d], device)?,
             output,
             blocks,
@@ -141,11 +141,21 @@ impl Block {
         let k = rope.apply(heads(self.k.forward(x.clone()), nkv), ctx.positions.clone());
         let v = heads(self.v.forward(x), nkv);
         let (keys, values) = cache.append(layer, ctx.positions.clone(), k, v);
+        let scale = 1.0 / (hd as f64).sqrt();
+        if ctx.host_kernels {
+            let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 activations");
+            let len = ctx.positions.end;
+            let out = super::kernels::causal_attention(
+                &host(q), &host(keys), &host(values), nh, nkv, n, len, ctx.positions.start, hd, scale as f32,
+            );
+            let out = Tensor::<3>::from_data(TensorData::new(out, [b, n, nh * hd]), &ctx.device);
+            return self.o.forward(out);
+        }
         // Grouped-query attention without copying K/V: the query heads that share a KV head are
         // stacked along the row axis, so each KV head is one matmul.
         let group = nh / nkv;
         let q = q.reshape([b, nkv, group * n, hd]);
-        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
         let scores = match &ctx.mask {
             Some(mask) => scores + mask.clone(),
             None => scores,
@@ -163,8 +173,11 @@ impl Block {
 /// What every layer of one forward pass shares.
 struct Step {
     positions: std::ops::Range<usize>,
-    /// Additive causal mask over [group·n, positions.end]; `None` for a single token.
+    /// Additive causal mask over [group·n, positions.end]; `None` for a single token or host kernels.
     mask: Option<Tensor<4>>,
+    /// CPU device: attention runs in the batch-invariant host kernel.
+    host_kernels: bool,
+    device: Device,
 }
 
 /// 0 where query row r (position start + r mod n) may see key j, −∞ elsewhere.
@@ -192,12 +205,13 @@ impl CausalLm for Llama {
         }
         let positions = cache.reserve(tokens.len())?;
         let (n, d) = (tokens.len(), cfg.hidden_size);
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        let mut x = self.embed.clone().select(0, ids).reshape([1, n, d]);
+        let mut x = self.embed.gather_rows(tokens).reshape([1, n, d]);
+        let host_kernels = super::uses_host_kernels(&self.device);
         let step = Step {
-            mask: causal_mask(n, positions.start, cfg.n_heads / cfg.n_kv_heads, &self.device),
+            mask: if host_kernels { None } else { causal_mask(n, positions.start, cfg.n_heads / cfg.n_kv_heads, &self.device) },
             positions: positions.clone(),
+            host_kernels,
+            device: self.device.clone(),
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let h = block.attention(rms_norm(x.clone(), &block.attn_norm, cfg.norm_eps), i, cache, &step, cfg, &self.rope);
@@ -214,7 +228,7 @@ impl CausalLm for Llama {
         let m = x.dims()[1];
         let logits = match &self.output {
             Some(head) => head.forward(x).reshape([m, cfg.vocab_size]),
-            None => x.reshape([m, d]).matmul(self.embed.clone().transpose()),
+            None => self.embed.matmul_t(x.reshape([m, d])),
         };
         logits_to_host(logits)
     }

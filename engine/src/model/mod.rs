@@ -4,6 +4,7 @@
 //! Shared pieces live here: the [`CausalLm`] trait, the [`KvCache`] (preallocated, truncatable),
 //! rotary embeddings and RMSNorm. Each family has its own file.
 
+mod kernels;
 mod llama;
 mod weights;
 
@@ -243,17 +244,76 @@ fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
     x * scale * weight.clone().reshape([1, 1, d])
 }
 
-/// A dense projection y = x·Wᵀ (+ b) with W stored as [out, in], as GGUF and PyTorch store it.
+/// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
+/// multiplied by the batch-invariant kernels of [`kernels`]; elsewhere it is a Burn tensor.
+enum Matrix {
+    Device(Tensor<2>),
+    Host { data: Vec<f32>, out: usize, inp: usize, device: Device },
+}
+
+/// Whether dense layers use the host kernels: true for Burn's CPU backends (flex, ndarray).
+fn uses_host_kernels(device: &Device) -> bool {
+    // Burn 0.22 exposes the backend only through the dispatch enum's Debug form.
+    let name = format!("{device:?}");
+    name.starts_with("Device<Flex") || name.starts_with("Device<NdArray")
+}
+
+impl Matrix {
+    fn new(values: Vec<f32>, out: usize, inp: usize, device: &Device) -> Self {
+        if uses_host_kernels(device) {
+            Matrix::Host { data: values, out, inp, device: device.clone() }
+        } else {
+            Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), device))
+        }
+    }
+
+    fn out(&self) -> usize {
+        match self {
+            Matrix::Device(w) => w.dims()[0],
+            Matrix::Host { out, .. } => *out,
+        }
+    }
+
+    /// x·Wᵀ for x: [rows, in].
+    fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Matrix::Device(w) => x.matmul(w.clone().transpose()),
+            Matrix::Host { data, out, inp, device } => {
+                let rows = x.dims()[0];
+                let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("activations are f32");
+                let y = kernels::matmul_wt(&xs, data, rows, *inp, *out);
+                Tensor::from_data(TensorData::new(y, [rows, *out]), device)
+            }
+        }
+    }
+
+    /// Rows `ids` of W (embedding lookup): [ids.len(), in].
+    fn gather_rows(&self, ids: &[u32]) -> Tensor<2> {
+        match self {
+            Matrix::Device(w) => {
+                let idx: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &w.device());
+                w.clone().select(0, idx)
+            }
+            Matrix::Host { data, inp, device, .. } => {
+                let rows: Vec<f32> = ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect();
+                Tensor::from_data(TensorData::new(rows, [ids.len(), *inp]), device)
+            }
+        }
+    }
+}
+
+/// A dense projection y = x·Wᵀ (+ b).
 struct Linear {
-    weight: Tensor<2>,
+    weight: Matrix,
     bias: Option<Tensor<1>>,
 }
 
 impl Linear {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
-        let out = self.weight.dims()[0];
-        let y = x.reshape([b * n, d]).matmul(self.weight.clone().transpose());
+        let out = self.weight.out();
+        let y = self.weight.matmul_t(x.reshape([b * n, d]));
         let y = match &self.bias {
             Some(bias) => y + bias.clone().reshape([1, out]),
             None => y,

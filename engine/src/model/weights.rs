@@ -59,3 +59,23 @@ pub(crate) fn load_opt<const D: usize>(
     }
     Ok(Some(Tensor::from_data(TensorData::new(values, shape), device)))
 }
+
+/// Loads a weight matrix of shape [out, inp] for the device's preferred kernels.
+pub(crate) fn load_matrix(src: &dyn WeightSource, name: &str, out: usize, inp: usize, device: &Device) -> Result<super::Matrix> {
+    load_matrix_opt(src, name, out, inp, device)?
+        .ok_or_else(|| Error::MissingTensor { path: src.origin().to_path_buf(), tensor: name.to_string() })
+}
+
+pub(crate) fn load_matrix_opt(
+    src: &dyn WeightSource,
+    name: &str,
+    out: usize,
+    inp: usize,
+    device: &Device,
+) -> Result<Option<super::Matrix>> {
+    let Some((values, found)) = src.load_f32(name)? else { return Ok(None) };
+    if found != [out, inp] {
+        return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: name.to_string(), expected: vec![out, inp], found });
+    }
+    Ok(Some(super::Matrix::new(values, out, inp, device)))
+}
