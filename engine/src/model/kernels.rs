@@ -11,8 +11,13 @@
 
 use rayon::prelude::*;
 
-/// Dot product with a fixed accumulation order (8 lanes, then a fixed tree), vectorised where the
-/// CPU allows. The choice of routine is made once per process, never per call size.
+/// Multiply-adds below which a product runs on the calling thread.
+const PARALLEL_MIN_WORK: usize = 1 << 19;
+
+/// Dot product with a fixed accumulation order (two 8-lane accumulators over 16-element steps, 8-lane
+/// steps into the first, a fixed reduction, then the scalar tail), vectorised where the CPU allows.
+/// The routine is chosen once per process, never per call size; [`dot4`] performs exactly the same
+/// operations per row, so the two are interchangeable bit for bit.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -20,10 +25,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     {
         if has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { dot_avx2(a, b) };
+            return unsafe { dot4_avx2(a, [b, b, b, b])[0] };
         }
     }
     dot_portable(a, b)
+}
+
+/// `[dot(x, w[0]), …, dot(x, w[3])]`, reading four weight rows as independent streams.
+#[inline]
+pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { dot4_avx2(x, w) };
+        }
+    }
+    w.map(|wr| dot_portable(x, wr))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -33,20 +51,29 @@ fn has_avx2_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
+/// Same order as the vector path, with separate multiply and add (no fused multiply-add without
+/// hardware support: `mul_add` would be a slow library call).
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] = x[l].mul_add(y[l], acc[l]);
+    let (n16, n8) = (a.len() / 16 * 16, a.len() / 8 * 8);
+    let mut acc = [[0f32; 8]; 2];
+    let mut i = 0;
+    while i < n16 {
+        for (h, lanes) in acc.iter_mut().enumerate() {
+            for l in 0..8 {
+                lanes[l] += a[i + 8 * h + l] * b[i + 8 * h + l];
+            }
         }
+        i += 16;
     }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail = x.mul_add(*y, tail);
+    while i < n8 {
+        for l in 0..8 {
+            acc[0][l] += a[i + l] * b[i + l];
+        }
+        i += 8;
     }
-    reduce8(acc) + tail
+    let sum: [f32; 8] = std::array::from_fn(|l| acc[0][l] + acc[1][l]);
+    let tail: f32 = (n8..a.len()).fold(0.0, |t, j| t + a[j] * b[j]);
+    reduce8(sum) + tail
 }
 
 #[inline]
@@ -56,26 +83,42 @@ fn reduce8(a: [f32; 8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    let n = a.len() / 8 * 8;
-    let mut acc = _mm256_setzero_ps();
+    let len = x.len();
+    let (n16, n8) = (len / 16 * 16, len / 8 * 8);
+    let px = x.as_ptr();
+    let pw = w.map(|r| {
+        assert_eq!(r.len(), len);
+        r.as_ptr()
+    });
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     let mut i = 0;
-    while i < n {
-        // SAFETY: i + 8 <= n <= len of both slices.
-        unsafe {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc);
+    // SAFETY (every load): i + 16 <= n16 or i + 8 <= n8, both <= len of every slice.
+    while i < n16 {
+        let (x0, x1) = unsafe { (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8))) };
+        for r in 0..4 {
+            unsafe {
+                acc[r][0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pw[r].add(i)), acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pw[r].add(i + 8)), acc[r][1]);
+            }
+        }
+        i += 16;
+    }
+    while i < n8 {
+        let x0 = unsafe { _mm256_loadu_ps(px.add(i)) };
+        for r in 0..4 {
+            acc[r][0] = unsafe { _mm256_fmadd_ps(x0, _mm256_loadu_ps(pw[r].add(i)), acc[r][0]) };
         }
         i += 8;
     }
-    let mut lanes = [0f32; 8];
-    // SAFETY: lanes holds 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut tail = 0f32;
-    for j in n..a.len() {
-        tail = a[j].mul_add(b[j], tail);
-    }
-    reduce8(lanes) + tail
+    std::array::from_fn(|r| {
+        let mut lanes = [0f32; 8];
+        // SAFETY: lanes holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[r][0], acc[r][1])) };
+        let tail: f32 = (n8..len).fold(0.0, |t, j| t + x[j] * w[r][j]);
+        reduce8(lanes) + tail
+    })
 }
 
 /// y = x·Wᵀ for x: [rows, inp] and W: [out, inp] (row-major), into y: [rows, out].
@@ -85,19 +128,32 @@ pub fn matmul_wt(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> V
     let mut y = vec![0f32; rows * out];
     // Column-major scratch per chunk of output columns, transposed into y afterwards.
     const COLS: usize = 64;
-    let cols: Vec<Vec<f32>> = w
-        .par_chunks(COLS * inp)
-        .map(|wc| {
+    let column_block = |wc: &[f32]| -> Vec<f32> {
             let n = wc.len() / inp;
             let mut part = vec![0f32; n * rows];
-            for (j, wrow) in wc.chunks_exact(inp).enumerate() {
+            let wrows: Vec<&[f32]> = wc.chunks_exact(inp).collect();
+            let quads = n / 4 * 4;
+            for j in (0..quads).step_by(4) {
+                let quad = [wrows[j], wrows[j + 1], wrows[j + 2], wrows[j + 3]];
                 for (r, xrow) in x.chunks_exact(inp).enumerate() {
-                    part[j * rows + r] = dot(xrow, wrow);
+                    for (t, v) in dot4(xrow, quad).into_iter().enumerate() {
+                        part[(j + t) * rows + r] = v;
+                    }
+                }
+            }
+            for j in quads..n {
+                for (r, xrow) in x.chunks_exact(inp).enumerate() {
+                    part[j * rows + r] = dot(xrow, wrows[j]);
                 }
             }
             part
-        })
-        .collect();
+        };
+    // Small products are not worth waking the thread pool for; the split never changes a sum.
+    let cols: Vec<Vec<f32>> = if rows * out * inp < PARALLEL_MIN_WORK {
+        w.chunks(COLS * inp).map(column_block).collect()
+    } else {
+        w.par_chunks(COLS * inp).map(column_block).collect()
+    };
     for (c, part) in cols.iter().enumerate() {
         let n = part.len() / rows;
         for j in 0..n {
@@ -132,7 +188,12 @@ mod tests {
             let alone = matmul_wt(&x[r * inp..(r + 1) * inp], &w, 1, inp, out);
             assert_eq!(&y[r * out..(r + 1) * out], &alone[..]);
         }
-        assert_eq!(dot_portable(&x[..inp], &w[..inp]).to_bits(), dot_portable(&x[..inp], &w[..inp]).to_bits());
+        // dot and dot4 agree bit for bit (the kernel mixes them at chunk edges).
+        let quad = [&w[..inp], &w[inp..2 * inp], &w[2 * inp..3 * inp], &w[3 * inp..4 * inp]];
+        let four = dot4(&x[..inp], quad);
+        for t in 0..4 {
+            assert_eq!(four[t].to_bits(), dot(&x[..inp], quad[t]).to_bits());
+        }
     }
 }
 
@@ -155,9 +216,7 @@ pub fn causal_attention(
     scale: f32,
 ) -> Vec<f32> {
     let group = heads / kv_heads;
-    let per_head: Vec<Vec<f32>> = (0..heads)
-        .into_par_iter()
-        .map(|h| {
+    let head = |h: usize| -> Vec<f32> {
             let kv = h / group;
             let keys = &k[kv * len * d..(kv + 1) * len * d];
             let values = &v[kv * len * d..(kv + 1) * len * d];
@@ -181,13 +240,17 @@ pub fn causal_attention(
                 for (t, &s) in scores[..visible].iter().enumerate() {
                     let w = s * inv;
                     for (oj, vj) in o.iter_mut().zip(&values[t * d..(t + 1) * d]) {
-                        *oj = w.mul_add(*vj, *oj);
+                        *oj += w * vj;
                     }
                 }
             }
             out
-        })
-        .collect();
+    };
+    let per_head: Vec<Vec<f32>> = if heads * n * (start + n) * d < PARALLEL_MIN_WORK {
+        (0..heads).map(head).collect()
+    } else {
+        (0..heads).into_par_iter().map(head).collect()
+    };
     let mut y = vec![0f32; n * heads * d];
     for (h, out) in per_head.iter().enumerate() {
         for i in 0..n {

@@ -4,7 +4,7 @@
 //! Shared pieces live here: the [`CausalLm`] trait, the [`KvCache`] (preallocated, truncatable),
 //! rotary embeddings and RMSNorm. Each family has its own file.
 
-mod kernels;
+pub mod kernels;
 mod llama;
 mod weights;
 
