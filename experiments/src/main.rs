@@ -8,6 +8,7 @@ use backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
+use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
 use engine::source::{cache_dir, known_models};
 use engine::tokenizer::{ChatMessage, StreamDecoder};
 use std::io::Write;
@@ -72,6 +73,16 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Draft model for speculative decoding (same vocabulary as --model).
+    #[arg(long)]
+    draft: Option<String>,
+    /// Tokens drafted per verification.
+    #[arg(long, default_value_t = 4, requires = "draft")]
+    k: usize,
+    /// With --draft: also run target-only decoding with the same settings and report the
+    /// measured speedup and the cost ratio c.
+    #[arg(long, requires = "draft")]
+    baseline: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -122,9 +133,30 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         stop_at_eos: !args.ignore_eos,
     };
+    let draft = match &args.draft {
+        Some(spec) => {
+            let d = engine::load_model(spec, &device).with_context(|| format!("loading draft model `{spec}`"))?;
+            if d.tokenizer.vocab_fingerprint() != tok.vocab_fingerprint() {
+                return Err(engine::Error::VocabMismatch {
+                    problem: format!(
+                        "draft `{spec}` ({} tokens, {}) and target `{}` ({} tokens, {}) have different vocabularies; \
+                         speculative decoding across tokenizers is not supported yet",
+                        d.tokenizer.vocab_size(),
+                        d.tokenizer.kind(),
+                        args.model,
+                        tok.vocab_size(),
+                        tok.kind()
+                    ),
+                }
+                .into());
+            }
+            Some(d)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut stream = StreamDecoder::new(tok);
-    let gen = generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, |id| {
+    let mut print = |id: u32| {
         if !args.json {
             if let Some(piece) = stream.push(id) {
                 let mut out = stdout.lock();
@@ -132,25 +164,72 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
                 let _ = out.flush();
             }
         }
-    })?;
+    };
+    let (gen, metrics) = match &draft {
+        Some(d) => {
+            let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
+            let mut proposer = DraftModel::new(d.model.as_ref(), capacity)?;
+            let spec = SpecConfig { generation: cfg.clone(), k: args.k };
+            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
+            (out.generation, Some(out.metrics))
+        }
+        None => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
+    };
+    let baseline = match (&metrics, args.baseline) {
+        (Some(_), true) => Some(generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, |_| {})?),
+        _ => None,
+    };
     let text = tok.decode(&gen.tokens)?;
-    if args.json {
-        let json = serde_json::json!({
-            "model": args.model,
-            "backend": args.runtime.backend.to_string(),
-            "threads": threads,
-            "text": text,
-            "tokens": gen.tokens,
-            "prompt_tokens": gen.prompt_tokens,
-            "generated_tokens": gen.tokens.len(),
-            "stop": gen.stop,
-            "load_s": load_s,
-            "prefill_s": gen.prefill_s,
-            "decode_s": gen.decode_s,
-            "prefill_tok_s": gen.prefill_tok_s(),
-            "decode_tok_s": gen.decode_tok_s(),
-            "peak_rss_bytes": backend::peak_rss_bytes(),
+    let mut json = serde_json::json!({
+        "model": args.model,
+        "backend": args.runtime.backend.to_string(),
+        "threads": threads,
+        "text": text,
+        "tokens": gen.tokens,
+        "prompt_tokens": gen.prompt_tokens,
+        "generated_tokens": gen.tokens.len(),
+        "stop": gen.stop,
+        "load_s": load_s,
+        "prefill_s": gen.prefill_s,
+        "decode_s": gen.decode_s,
+        "prefill_tok_s": gen.prefill_tok_s(),
+        "decode_tok_s": gen.decode_tok_s(),
+        "peak_rss_bytes": backend::peak_rss_bytes(),
+    });
+    if let Some(m) = &metrics {
+        let extra = serde_json::json!({
+            "draft": args.draft,
+            "k": args.k,
+            "drafted": m.drafted,
+            "accepted": m.accepted,
+            "iterations": m.iterations,
+            "emitted": m.emitted,
+            "alpha": m.alpha(),
+            "tau": m.tau(),
+            "per_position": m.per_position(),
+            "draft_s": m.draft_s,
+            "verify_s": m.verify_s,
+            "overhead_s": m.overhead_s,
+            "draft_step_s": m.draft_step_s(),
+            "verify_call_s": m.verify_call_s(),
         });
+        json.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+    }
+    if let (Some(m), Some(b)) = (&metrics, &baseline) {
+        let target_step_s = if b.tokens.len() > 1 { b.decode_s / (b.tokens.len() - 1) as f64 } else { 0.0 };
+        let c = if target_step_s > 0.0 { m.draft_step_s() / target_step_s } else { 0.0 };
+        let extra = serde_json::json!({
+            "baseline_tokens_equal": b.tokens == gen.tokens,
+            "baseline_decode_tok_s": b.decode_tok_s(),
+            "speedup": if b.decode_tok_s() > 0.0 { gen.decode_tok_s() / b.decode_tok_s() } else { 0.0 },
+            "target_step_s": target_step_s,
+            "c": c,
+            "verify_cost": if target_step_s > 0.0 { m.verify_call_s() / target_step_s } else { 0.0 },
+            "predicted_speedup": predicted_speedup(m.alpha(), args.k, c, 1.0),
+        });
+        json.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+    }
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         if let Some(rest) = stream.flush() {
@@ -168,8 +247,30 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             threads,
             args.runtime.backend
         );
+        if let Some(m) = &metrics {
+            eprintln!(
+                "[k={} α̂={:.3} τ={:.2} ({} accepted / {} drafted in {} verifications); draft {:.2}s, verify {:.2}s]",
+                args.k, m.alpha(), m.tau(), m.accepted, m.drafted, m.iterations, m.draft_s, m.verify_s
+            );
+        }
+        if let Some(b) = &baseline {
+            eprintln!(
+                "[target-only: {:.1} tok/s, speedup {:.2}×, c = {:.3}, same tokens: {}]",
+                b.decode_tok_s(),
+                json["speedup"].as_f64().unwrap_or(0.0),
+                json["c"].as_f64().unwrap_or(0.0),
+                b.tokens == gen.tokens
+            );
+        }
     }
     Ok(())
+}
+
+/// Leviathan et al.: (1 − α^(k+1)) / ((1 − α)(k·c + v)), v = cost of verifying k+1 tokens in
+/// decode steps (1 in the original formula).
+fn predicted_speedup(alpha: f64, k: usize, c: f64, v: f64) -> f64 {
+    let tau = if (1.0 - alpha).abs() < 1e-12 { (k + 1) as f64 } else { (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha) };
+    tau / (k as f64 * c + v)
 }
 
 fn cmd_inspect(args: InspectArgs) -> Result<()> {

@@ -121,3 +121,30 @@ fn offline_hub_is_reported_as_offline() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("offline") || err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn pairing_models_with_different_vocabularies_is_refused() {
+    if std::env::var("SPECDEC_SKIP_REAL").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: SPECDEC_SKIP_REAL=1");
+        return;
+    }
+    let o = specdec(&["generate", "--model", "qwen2.5-coder-0.5b", "--draft", "smollm2-135m", "--prompt", "hi", "--max-new-tokens", "2"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("vocabulary mismatch") && err.contains("smollm2-135m"), "{err}");
+}
+
+#[test]
+fn speculative_json_reports_the_metrics() {
+    let model = tiny("llama.gguf");
+    let o = specdec(&["generate", "--model", &model, "--draft", &model, "--k", "3", "--prompt", "hello", "--max-new-tokens", "12",
+        "--ignore-eos", "--json", "--baseline", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["drafted", "accepted", "iterations", "alpha", "tau", "per_position", "draft_s", "verify_s", "speedup", "c"] {
+        assert!(j.get(key).is_some(), "missing `{key}` in {j}");
+    }
+    assert_eq!(j["alpha"], 1.0, "a self-draft is always accepted");
+    assert_eq!(j["baseline_tokens_equal"], true);
+    assert_eq!(j["per_position"].as_array().unwrap().len(), 3);
+}
