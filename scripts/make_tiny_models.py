@@ -7,6 +7,8 @@ Makes engine/tests/fixtures/tiny/:
                           convert_hf_to_gguf.py: Q/K rows permuted for `llama`, not for `qwen2`;
                           a byte-level GPT-2 tokenizer: 256 byte tokens + 4 merges (ids 256..259)
   llama.ref.json, qwen2.ref.json  {"tokens", "logits" (every position), "greedy" (16 ids)}
+  llama-draft.gguf        the tiny llama with every weight perturbed (+30% noise): a draft that
+                          agrees with llama.gguf often but not always (for speculative tests)
 
 Needs: pip install torch transformers gguf numpy safetensors
 (made with torch 2.15.0, transformers 5.23.0, gguf 0.19.0). Run: python3 scripts/make_tiny_models.py
@@ -140,6 +142,12 @@ def main():
         with open(os.path.join(OUT, f"{arch}.ref.json"), "w") as f:
             json.dump(ref, f)
         print(arch, "max|logit|", ref["max_abs_logit"], "greedy", greedy)
+        if arch == "llama":
+            g = torch.Generator().manual_seed(99)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=g))
+            write_gguf(model, cfg, arch, os.path.join(OUT, "llama-draft.gguf"))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ pub mod safetensors;
 pub mod sampling;
 pub mod source;
 pub mod speculative;
+pub mod stats;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -253,3 +253,46 @@ fn eos_and_budget_stop_exactly_like_target_only() {
         assert_eq!(out.metrics.alpha(), if out.metrics.drafted > 0 { 1.0 } else { 0.0 }, "a self-draft is always accepted");
     }
 }
+
+#[test]
+fn acceptance_count_matches_the_expected_acceptance_probabilities() {
+    // A ~ Σ Bernoulli(βᵢ) over verified positions: |A − Σβ| / sqrt(Σβ(1 − β)) stays within 4σ.
+    let t = target();
+    let d = Markov::from_probs(&[
+        &[0.30, 0.30, 0.20, 0.10, 0.10],
+        &[0.10, 0.10, 0.50, 0.10, 0.20],
+        &[0.25, 0.25, 0.25, 0.15, 0.10],
+        &[0.40, 0.05, 0.05, 0.10, 0.40],
+        &[0.20, 0.20, 0.20, 0.20, 0.20],
+    ]);
+    let (mut accepted, mut tested, mut mean, mut var) = (0u64, 0u64, 0.0, 0.0);
+    let (mut drafted, mut emitted, mut iterations) = (0u64, 0u64, 0u64);
+    for seed in 0..3000 {
+        let gen = GenerationConfig { max_new_tokens: 30, stop_at_eos: false, sampling: SamplingParams::with_temperature(1.0), seed };
+        let mut proposer = DraftModel::new(&d, 64).unwrap();
+        let out = generate_speculative(&t, &mut proposer, &[0], &[], &SpecConfig { generation: gen, k: 4 }, |_| {}).unwrap();
+        let m = &out.metrics;
+        accepted += m.accepted;
+        tested += m.tested();
+        mean += m.expected_accepted;
+        var += m.expected_accepted_var;
+        drafted += m.drafted;
+        emitted += m.emitted;
+        iterations += m.iterations;
+    }
+    let z = (accepted as f64 - mean) / var.sqrt();
+    let alpha = mean / tested as f64;
+    let tau = emitted as f64 / iterations as f64;
+    let tau_formula = (1.0 - alpha.powi(5)) / (1.0 - alpha);
+    eprintln!(
+        "A = {accepted}, expected {mean:.1} ± {:.1} (z = {z:.2}); acceptance per verified position {:.4} vs β̄ {alpha:.4}; \
+         α̂ = A/D = {:.4}; τ = {tau:.3} vs (1 − β̄⁵)/(1 − β̄) = {tau_formula:.3}",
+        var.sqrt(),
+        accepted as f64 / tested as f64,
+        accepted as f64 / drafted as f64
+    );
+    assert!(z.abs() < 4.0, "acceptances deviate from Σβ by {z:.2}σ");
+    // The closed form assumes one acceptance rate for every position; a Markov draft varies by state
+    // and the last iteration is cut by the budget, so only rough agreement is expected.
+    assert!((tau - tau_formula).abs() / tau_formula < 0.15, "τ {tau} vs formula {tau_formula}");
+}

@@ -29,6 +29,46 @@ enum Command {
     Inspect(InspectArgs),
     /// List the models known by short name and whether they are cached.
     Models,
+    /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
+    /// compared with a χ² homogeneity test and their total-variation distance.
+    Certify(CertifyArgs),
+}
+
+#[derive(Args)]
+struct CertifyArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    draft: String,
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Continuations drawn each way.
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// Length of each continuation. The first token comes from the target's prefill in both
+    /// modes, so use at least k + 2 to exercise full drafts; keep it short (with --top-k) so the
+    /// number of distinct sequences stays small enough for the test to have power.
+    #[arg(long, default_value_t = 4)]
+    max_new_tokens: usize,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Significance level of the verdict.
+    #[arg(long, default_value_t = 0.001)]
+    alpha: f64,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -101,6 +141,7 @@ fn main() {
         Command::Generate(args) => cmd_generate(args),
         Command::Inspect(args) => cmd_inspect(args),
         Command::Models => cmd_models(),
+        Command::Certify(args) => cmd_certify(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -271,6 +312,75 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
 fn predicted_speedup(alpha: f64, k: usize, c: f64, v: f64) -> f64 {
     let tau = if (1.0 - alpha).abs() < 1e-12 { (k + 1) as f64 } else { (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha) };
     tau / (k as f64 * c + v)
+}
+
+fn cmd_certify(args: CertifyArgs) -> Result<()> {
+    let threads = backend::init_threads(args.runtime.threads)?;
+    let device = args.runtime.backend.device()?;
+    let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
+    let draft = engine::load_model(&args.draft, &device).with_context(|| format!("loading draft `{}`", args.draft))?;
+    if draft.tokenizer.vocab_fingerprint() != target.tokenizer.vocab_fingerprint() {
+        anyhow::bail!(engine::Error::VocabMismatch {
+            problem: format!("draft `{}` and target `{}` have different vocabularies", args.draft, args.model)
+        });
+    }
+    let tok = &target.tokenizer;
+    let prompt = if args.chat {
+        tok.encode(&tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: args.prompt.clone() }], true)?, false)?
+    } else {
+        tok.encode(&args.prompt, true)?
+    };
+    let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
+    let gen = |seed| GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed, stop_at_eos: true };
+    let capacity = engine::generate::positions_needed(prompt.len(), args.max_new_tokens).max(prompt.len());
+    let start = Instant::now();
+    let mut speculative = Vec::with_capacity(args.samples);
+    let mut plain = Vec::with_capacity(args.samples);
+    let (mut drafted, mut accepted) = (0u64, 0u64);
+    for i in 0..args.samples as u64 {
+        let mut proposer = DraftModel::new(draft.model.as_ref(), capacity)?;
+        let cfg = SpecConfig { generation: gen(args.seed.wrapping_add(2 * i)), k: args.k };
+        let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt, tok.eos_ids(), &cfg, |_| {})?;
+        drafted += out.metrics.drafted;
+        accepted += out.metrics.accepted;
+        speculative.push(out.generation.tokens);
+        let reference = generate(target.model.as_ref(), &prompt, tok.eos_ids(), &gen(args.seed.wrapping_add(2 * i + 1)), |_| {})?;
+        plain.push(reference.tokens);
+    }
+    let h = engine::stats::chi_square_homogeneity(&speculative, &plain);
+    let lossless = h.p_value >= args.alpha;
+    let alpha_hat = if drafted > 0 { accepted as f64 / drafted as f64 } else { 0.0 };
+    if args.json {
+        let json = serde_json::json!({
+            "model": args.model, "draft": args.draft, "k": args.k, "sampling": sampling, "samples": args.samples,
+            "max_new_tokens": args.max_new_tokens, "threads": threads, "chi_square": h.statistic,
+            "degrees_of_freedom": h.degrees_of_freedom, "p_value": h.p_value, "total_variation": h.total_variation,
+            "cells": h.cells, "distinct_sequences": h.categories, "significance": args.alpha,
+            "consistent_with_lossless": lossless, "alpha_hat": alpha_hat, "seconds": start.elapsed().as_secs_f64(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!(
+            "{} speculative vs {} target-only continuations of {} tokens ({} distinct, {} cells after pooling)",
+            args.samples, args.samples, args.max_new_tokens, h.categories, h.cells
+        );
+        println!(
+            "χ² = {:.2} (df {}), p = {:.4}; total variation {:.4}; α̂ = {:.3}; {:.1}s",
+            h.statistic, h.degrees_of_freedom, h.p_value, h.total_variation, alpha_hat, start.elapsed().as_secs_f64()
+        );
+        println!(
+            "verdict: {}",
+            if lossless {
+                format!("consistent with lossless speculative decoding (p ≥ {})", args.alpha)
+            } else {
+                format!("REJECTED: the distributions differ (p < {})", args.alpha)
+            }
+        );
+    }
+    if !lossless {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 fn cmd_inspect(args: InspectArgs) -> Result<()> {

@@ -148,3 +148,19 @@ fn speculative_json_reports_the_metrics() {
     assert_eq!(j["baseline_tokens_equal"], true);
     assert_eq!(j["per_position"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn certify_passes_a_real_draft_target_pair_on_tiny_models() {
+    // The tiny llama and a perturbed copy of it: α̂ ≈ 0.4, so acceptances, rejections and residual
+    // sampling all happen, and the certificate must still find no difference.
+    // top-k 3 keeps the sequence space small (≤ 27 continuations of 3 tokens) so the test has power.
+    let o = specdec(&["certify", "--model", &tiny("llama.gguf"), "--draft", &tiny("llama-draft.gguf"), "--k", "2",
+        "--temperature", "1.0", "--top-k", "3", "--samples", "3000", "--max-new-tokens", "3", "--prompt", "hello",
+        "--json", "--threads", "1"]);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["consistent_with_lossless"], true, "{j}");
+    let alpha = j["alpha_hat"].as_f64().unwrap();
+    assert!(alpha > 0.1 && alpha < 0.9, "the pair should agree sometimes, not always: {j}");
+    assert!(j["cells"].as_u64().unwrap() >= 20, "too few cells for a meaningful test: {j}");
+}

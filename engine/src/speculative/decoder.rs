@@ -38,6 +38,11 @@ pub struct SpecMetrics {
     pub position_accepted: Vec<u64>,
     /// Iterations ending in a bonus token (all k accepted).
     pub bonus: u64,
+    /// Σ over verified positions of the acceptance probability βᵢ = Σₓ min(pᵢ(x), qᵢ(x)) given what
+    /// was drafted before (one-hot q for deterministic proposals; 0/1 in greedy mode), and
+    /// Σ βᵢ(1 − βᵢ): the mean and variance of the number of acceptances the verifier should produce.
+    pub expected_accepted: f64,
+    pub expected_accepted_var: f64,
     pub draft_s: f64,
     pub verify_s: f64,
     /// Warping, verification and bookkeeping between the forwards.
@@ -60,6 +65,11 @@ impl SpecMetrics {
     /// aᵢ = P(dᵢ accepted | d₁..dᵢ₋₁ accepted).
     pub fn per_position(&self) -> Vec<f64> {
         self.position_accepted.iter().zip(&self.position_tested).map(|(&a, &t)| ratio(a as f64, t as f64)).collect()
+    }
+
+    /// Verified draft positions (Σᵢ of `position_tested`).
+    pub fn tested(&self) -> u64 {
+        self.position_tested.iter().sum()
     }
 
     /// Mean seconds per draft forward pass.
@@ -169,6 +179,9 @@ pub fn generate_speculative(
         for i in 0..n.min(verdict.accepted + 1) {
             metrics.position_tested[i] += 1;
             metrics.position_accepted[i] += u64::from(i < verdict.accepted);
+            let beta = acceptance_probability(&p[i], q.map(|q| &q[i]), drafted[i], mode);
+            metrics.expected_accepted += beta;
+            metrics.expected_accepted_var += beta * (1.0 - beta);
         }
         for &tok in drafted[..verdict.accepted].iter().chain([&verdict.next]) {
             metrics.emitted += 1;
@@ -188,6 +201,17 @@ pub fn generate_speculative(
         decode_s: decode_start.elapsed().as_secs_f64(),
     };
     Ok(SpecGeneration { generation, metrics })
+}
+
+/// β = Σₓ min(p(x), q(x)): the probability that verification accepts a token drawn from q.
+fn acceptance_probability(p: &Probs, q: Option<&Probs>, drafted: u32, mode: VerifyMode) -> f64 {
+    match (mode, q) {
+        (VerifyMode::Greedy, _) => f64::from(u8::from(crate::sampling::argmax(p.as_slice()) == drafted)),
+        (VerifyMode::Sample, Some(q)) => {
+            p.as_slice().iter().zip(q.as_slice()).map(|(&a, &b)| a.min(b) as f64).sum::<f64>().min(1.0)
+        }
+        (VerifyMode::Sample, None) => p.get(drafted) as f64,
+    }
 }
 
 /// Appends one token; returns why generation stops, if it does.

@@ -2,6 +2,30 @@
 //! forward pass, [`verify`] keeps the longest acceptable prefix plus one more token, and both KV
 //! caches roll back to what was accepted. The emitted sequence is distributed exactly as
 //! target-only sampling with the same warping; greedy output is target-only greedy output.
+//!
+//! ```no_run
+//! use engine::generate::GenerationConfig;
+//! use engine::sampling::SamplingParams;
+//! use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
+//!
+//! # fn main() -> engine::Result<()> {
+//! let device = burn::tensor::Device::flex();
+//! let target = engine::load_model("qwen2.5-coder-1.5b", &device)?;
+//! let draft = engine::load_model("qwen2.5-coder-0.5b", &device)?;
+//! let prompt = target.tokenizer.encode("def quicksort(arr):", true)?;
+//! let cfg = SpecConfig {
+//!     generation: GenerationConfig { max_new_tokens: 64, sampling: SamplingParams::with_temperature(0.7), ..Default::default() },
+//!     k: 4,
+//! };
+//! let mut proposer = DraftModel::new(draft.model.as_ref(), prompt.len() + 64)?;
+//! let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt, target.tokenizer.eos_ids(), &cfg, |_| {})?;
+//! println!("{}", target.tokenizer.decode(&out.generation.tokens)?);
+//! println!("α̂ = {:.2}, τ = {:.2}", out.metrics.alpha(), out.metrics.tau());
+//! # Ok(()) }
+//! ```
+//!
+//! Any type implementing [`Proposer`] can draft: see `engine/examples/custom_proposer.rs` for a
+//! prompt-lookup proposer in thirty lines.
 
 mod decoder;
 mod proposer;

@@ -1,0 +1,109 @@
+//! Statistics for comparing output distributions (no I/O, no clock).
+
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// χ² test of homogeneity of two samples over the same categories.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Homogeneity {
+    pub statistic: f64,
+    pub degrees_of_freedom: usize,
+    pub p_value: f64,
+    /// Empirical total-variation distance ½ Σ |f_a − f_b| over the raw categories.
+    pub total_variation: f64,
+    /// Categories after pooling rare ones (each kept cell expects ≥ 5 in both samples).
+    pub cells: usize,
+    pub categories: usize,
+}
+
+/// Compares two samples of categorical outcomes (e.g. generated token sequences). Categories whose
+/// expected count is below 5 in either sample are pooled into one cell, as the χ² approximation
+/// needs; with fewer than two cells left the test has no power and the p-value is 1.
+pub fn chi_square_homogeneity<T: Eq + Hash + Clone>(a: &[T], b: &[T]) -> Homogeneity {
+    let mut counts: HashMap<T, (f64, f64)> = HashMap::new();
+    for x in a {
+        counts.entry(x.clone()).or_default().0 += 1.0;
+    }
+    for x in b {
+        counts.entry(x.clone()).or_default().1 += 1.0;
+    }
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let n = na + nb;
+    let total_variation = if na > 0.0 && nb > 0.0 {
+        0.5 * counts.values().map(|&(x, y)| (x / na - y / nb).abs()).sum::<f64>()
+    } else {
+        0.0
+    };
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let mut pooled = (0.0, 0.0);
+    // Deterministic order: sort by total count, then by first-sample count.
+    let mut all: Vec<(f64, f64)> = counts.values().copied().collect();
+    all.sort_by(|x, y| (y.0 + y.1).total_cmp(&(x.0 + x.1)).then(y.0.total_cmp(&x.0)));
+    for (x, y) in all {
+        let total = x + y;
+        if total * na / n >= 5.0 && total * nb / n >= 5.0 {
+            cells.push((x, y));
+        } else {
+            pooled.0 += x;
+            pooled.1 += y;
+        }
+    }
+    if pooled.0 + pooled.1 > 0.0 {
+        cells.push(pooled);
+    }
+    let categories = counts.len();
+    if cells.len() < 2 || na == 0.0 || nb == 0.0 {
+        return Homogeneity { statistic: 0.0, degrees_of_freedom: 0, p_value: 1.0, total_variation, cells: cells.len(), categories };
+    }
+    let statistic: f64 = cells
+        .iter()
+        .map(|&(x, y)| {
+            let total = x + y;
+            let (ea, eb) = (total * na / n, total * nb / n);
+            (x - ea).powi(2) / ea + (y - eb).powi(2) / eb
+        })
+        .sum();
+    let df = cells.len() - 1;
+    let p_value = 1.0 - ChiSquared::new(df as f64).expect("df ≥ 1").cdf(statistic);
+    Homogeneity { statistic, degrees_of_freedom: df, p_value, total_variation, cells: cells.len(), categories }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_samples_are_homogeneous_and_different_ones_are_not() {
+        let a: Vec<u32> = (0..3000).map(|i| i % 3).collect();
+        let h = chi_square_homogeneity(&a, &a);
+        assert_eq!(h.statistic, 0.0);
+        assert!(h.p_value > 0.99 && h.total_variation == 0.0);
+        let b: Vec<u32> = (0..3000).map(|i| if i % 2 == 0 { 0 } else { i % 3 }).collect();
+        let h = chi_square_homogeneity(&a, &b);
+        assert!(h.p_value < 1e-6, "{h:?}");
+        assert!(h.total_variation > 0.1);
+    }
+
+    #[test]
+    fn hand_computed_two_by_two() {
+        // a: 30 × x, 10 × y; b: 20 × x, 20 × y. Expected 25 and 15 in each sample: χ² = 1 + 5/3 + 1 + 5/3.
+        let a: Vec<char> = std::iter::repeat_n('x', 30).chain(std::iter::repeat_n('y', 10)).collect();
+        let b: Vec<char> = std::iter::repeat_n('x', 20).chain(std::iter::repeat_n('y', 20)).collect();
+        let h = chi_square_homogeneity(&a, &b);
+        assert!((h.statistic - 5.333333).abs() < 1e-4, "{h:?}");
+        assert_eq!(h.degrees_of_freedom, 1);
+        assert!((h.p_value - 0.020921).abs() < 1e-4, "{h:?}");
+        assert!((h.total_variation - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rare_categories_are_pooled() {
+        let a: Vec<u32> = (0..100).collect();
+        let b: Vec<u32> = (100..200).collect();
+        let h = chi_square_homogeneity(&a, &b);
+        assert_eq!(h.cells, 1);
+        assert_eq!(h.p_value, 1.0, "one pooled cell: no test possible");
+        assert!((h.total_variation - 1.0).abs() < 1e-9);
+    }
+}
