@@ -97,3 +97,22 @@ fn sampled_speculative_runs_reproduce_with_a_seed() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn qwen_pair_acceptances_match_the_expected_acceptance_probabilities() {
+    // Sampled at T = 0.7: the number of accepted drafts is a sum of Bernoulli(βᵢ) with
+    // βᵢ = Σₓ min(pᵢ, qᵢ) computed from the same logits; it must sit within 4σ of Σβ.
+    let (Some(target), Some(draft)) = (load("qwen2.5-coder-1.5b"), load("qwen2.5-coder-0.5b")) else { return };
+    let ids = prompt(&target, "Explain what a hash map is in two sentences.");
+    let (mut accepted, mut mean, mut var) = (0u64, 0.0, 0.0);
+    for seed in 0..2 {
+        let gen = GenerationConfig { max_new_tokens: 40, stop_at_eos: false, sampling: SamplingParams::with_temperature(0.7), seed };
+        let m = speculative(&target, &draft, &ids, &gen, 4).metrics;
+        accepted += m.accepted;
+        mean += m.expected_accepted;
+        var += m.expected_accepted_var;
+    }
+    let z = (accepted as f64 - mean) / var.sqrt().max(1e-9);
+    eprintln!("accepted {accepted}, expected {mean:.1} ± {:.1}, z = {z:.2}", var.sqrt());
+    assert!(z.abs() < 4.0, "acceptances deviate from Σβ by {z:.2}σ");
+}

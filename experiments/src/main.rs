@@ -223,6 +223,11 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     let text = tok.decode(&gen.tokens)?;
     let mut json = serde_json::json!({
         "model": args.model,
+        "prompt": args.prompt,
+        "chat": args.chat,
+        "sampling": cfg.sampling,
+        "seed": cfg.seed,
+        "max_new_tokens": cfg.max_new_tokens,
         "backend": args.runtime.backend.to_string(),
         "threads": threads,
         "text": text,
