@@ -22,11 +22,39 @@ pub struct ModelReport {
     /// Tensor type → (tensor count, parameters).
     pub tensor_types: BTreeMap<String, (usize, u64)>,
     pub config: Option<ModelConfig>,
+    #[serde(flatten)]
+    pub tokenizer: TokenizerReport,
+}
+
+/// What `inspect` says about a tokenizer (or why it could not be built).
+#[derive(Debug, serde::Serialize)]
+pub struct TokenizerReport {
     pub tokenizer: String,
     pub vocab_size: Option<usize>,
     pub chat_template: bool,
     pub bos_id: Option<u32>,
     pub eos_ids: Vec<u32>,
+}
+
+impl From<Result<Tokenizer>> for TokenizerReport {
+    fn from(tok: Result<Tokenizer>) -> Self {
+        match tok {
+            Ok(t) => TokenizerReport {
+                tokenizer: t.kind().to_string(),
+                vocab_size: Some(t.vocab_size()),
+                chat_template: t.chat_template().is_some(),
+                bos_id: t.bos_id(),
+                eos_ids: t.eos_ids().to_vec(),
+            },
+            Err(e) => TokenizerReport {
+                tokenizer: format!("unavailable: {e}"),
+                vocab_size: None,
+                chat_template: false,
+                bos_id: None,
+                eos_ids: vec![],
+            },
+        }
+    }
 }
 
 pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
@@ -45,7 +73,6 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
             } else {
                 None
             };
-            let tok = Tokenizer::from_gguf(&g);
             Ok(ModelReport {
                 path: path.display().to_string(),
                 format: "GGUF",
@@ -56,11 +83,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 parameters: types.values().map(|v| v.1).sum(),
                 tensor_types: types,
                 config,
-                tokenizer: tok.as_ref().map(|t| t.kind().to_string()).unwrap_or_else(|e| format!("unavailable: {e}")),
-                vocab_size: tok.as_ref().ok().map(|t| t.vocab_size()),
-                chat_template: tok.as_ref().ok().and_then(|t| t.chat_template()).is_some(),
-                bos_id: tok.as_ref().ok().and_then(|t| t.bos_id()),
-                eos_ids: tok.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default(),
+                tokenizer: Tokenizer::from_gguf(&g).into(),
             })
         }
         ModelFiles::HfDir(dir) => {
@@ -82,11 +105,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 parameters: hf.parameter_count(),
                 tensor_types: hf.dtype_histogram(),
                 config,
-                tokenizer: tok.as_ref().map(|t| t.kind().to_string()).unwrap_or_else(|e| format!("unavailable: {e}")),
-                vocab_size: tok.as_ref().ok().map(|t| t.vocab_size()),
-                chat_template: tok.as_ref().ok().and_then(|t| t.chat_template()).is_some(),
-                bos_id: tok.as_ref().ok().and_then(|t| t.bos_id()),
-                eos_ids: tok.as_ref().map(|t| t.eos_ids().to_vec()).unwrap_or_default(),
+                tokenizer: tok.into(),
             })
         }
     }
@@ -116,10 +135,11 @@ impl fmt::Display for ModelReport {
                 c.rope_theta, c.rope_style, c.rope_dims, c.norm_eps, c.qkv_bias, c.tied_embeddings
             )?;
         }
-        writeln!(f, "tokenizer:    {}", self.tokenizer)?;
-        if let Some(v) = self.vocab_size {
-            writeln!(f, "vocab:        {v} · bos {:?} · eos {:?}", self.bos_id, self.eos_ids)?;
+        let t = &self.tokenizer;
+        writeln!(f, "tokenizer:    {}", t.tokenizer)?;
+        if let Some(v) = t.vocab_size {
+            writeln!(f, "vocab:        {v} · bos {:?} · eos {:?}", t.bos_id, t.eos_ids)?;
         }
-        writeln!(f, "chat template: {}", if self.chat_template { "yes" } else { "no" })
+        writeln!(f, "chat template: {}", if t.chat_template { "yes" } else { "no" })
     }
 }
