@@ -39,7 +39,7 @@ fn main() -> engine::Result<()> {
     let loaded = engine::load_model(&spec, &Device::flex())?;
     let text = "List the days of the week, then list them again in the same order: Monday, Tuesday,";
     let prompt = loaded.tokenizer.encode(text, true)?;
-    let cfg = SpecConfig { generation: GenerationConfig { max_new_tokens: 48, ..Default::default() }, k: 4 };
+    let cfg = SpecConfig::fixed(GenerationConfig { max_new_tokens: 48, ..Default::default() }, 4);
     let out = generate_speculative(loaded.model.as_ref(), &mut PromptLookup, &prompt, loaded.tokenizer.eos_ids(), &cfg, |_| {})?;
     println!("{text}{}", loaded.tokenizer.decode(&out.generation.tokens)?);
     let m = &out.metrics;

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use engine::generate::{generate, GenerationConfig};
 use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig, RopeStyle};
 use engine::sampling::{warp, Logits, Probs, SamplingParams};
-use engine::speculative::{generate_speculative, verify, DraftModel, SpecConfig, VerifyMode};
+use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, VerifyMode};
 use engine::Result;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
@@ -94,8 +94,21 @@ const MIN_P: f64 = 0.001;
 
 /// Generates `len` tokens after `start` DRAWS times and tests the sequence distribution.
 fn sequence_test(target: &Markov, draft: &Markov, k: usize, params: SamplingParams, len: usize) -> f64 {
+    general_sequence_test(target, &[0], || Box::new(DraftModel::new(draft, 64).unwrap()), Schedule::Fixed { k }, params, len)
+}
+
+/// The same test for any proposer and schedule, after any prompt (the target is Markov: only the
+/// prompt's last token matters for the expected distribution).
+fn general_sequence_test<'a>(
+    target: &Markov,
+    prompt: &[u32],
+    proposer: impl Fn() -> Box<dyn Proposer + 'a>,
+    schedule: Schedule,
+    params: SamplingParams,
+    len: usize,
+) -> f64 {
     let v = target.cfg.vocab_size;
-    let start = 0u32;
+    let start = *prompt.last().unwrap();
     // Exact target sequence probabilities under the warping.
     let rows: Vec<Probs> = target.table.iter().map(|r| warp(r, &params)).collect();
     let cells = v.pow(len as u32);
@@ -113,16 +126,16 @@ fn sequence_test(target: &Markov, draft: &Markov, k: usize, params: SamplingPara
     let mut counts = vec![0u64; cells];
     let cfg = |seed| SpecConfig {
         generation: GenerationConfig { max_new_tokens: len, sampling: params, seed, stop_at_eos: false },
-        k,
+        schedule,
     };
     for seed in 0..DRAWS {
-        let mut proposer = DraftModel::new(draft, 64).unwrap();
-        let out = generate_speculative(target, &mut proposer, &[start], &[], &cfg(seed), |_| {}).unwrap();
+        let mut proposer = proposer();
+        let out = generate_speculative(target, proposer.as_mut(), prompt, &[], &cfg(seed), |_| {}).unwrap();
         let cell = out.generation.tokens.iter().rev().fold(0, |acc, &t| acc * v + t as usize);
         counts[cell] += 1;
     }
     let (stat, p) = chi_square_p_value(&counts, &expected);
-    eprintln!("k={k} {params:?} len={len}: χ² = {stat:.1}, p = {p:.4}");
+    eprintln!("{schedule:?} {params:?} len={len}: χ² = {stat:.1}, p = {p:.4}");
     p
 }
 
@@ -228,7 +241,7 @@ fn greedy_speculative_equals_greedy_target_for_every_k() {
         let want = generate(&t, &[start], &[], &gen, |_| {}).unwrap().tokens;
         for k in [1, 2, 3, 4, 8] {
             let mut proposer = DraftModel::new(&d, 64).unwrap();
-            let cfg = SpecConfig { generation: gen.clone(), k };
+            let cfg = SpecConfig::fixed(gen.clone(), k);
             let out = generate_speculative(&t, &mut proposer, &[start], &[], &cfg, |_| {}).unwrap();
             assert_eq!(out.generation.tokens, want, "start {start}, k {k}");
             let m = &out.metrics;
@@ -245,7 +258,7 @@ fn eos_and_budget_stop_exactly_like_target_only() {
     for seed in 0..50 {
         let gen = GenerationConfig { seed, ..gen.clone() };
         let mut proposer = DraftModel::new(&t, 64).unwrap(); // self-draft: everything accepted
-        let out = generate_speculative(&t, &mut proposer, &[0], &[4], &SpecConfig { generation: gen.clone(), k: 4 }, |_| {}).unwrap();
+        let out = generate_speculative(&t, &mut proposer, &[0], &[4], &SpecConfig::fixed(gen.clone(), 4), |_| {}).unwrap();
         let toks = &out.generation.tokens;
         assert!(toks.len() <= 30);
         assert!(!toks[..toks.len() - 1].contains(&4), "nothing after EOS");
@@ -270,7 +283,7 @@ fn acceptance_count_matches_the_expected_acceptance_probabilities() {
     for seed in 0..3000 {
         let gen = GenerationConfig { max_new_tokens: 30, stop_at_eos: false, sampling: SamplingParams::with_temperature(1.0), seed };
         let mut proposer = DraftModel::new(&d, 64).unwrap();
-        let out = generate_speculative(&t, &mut proposer, &[0], &[], &SpecConfig { generation: gen, k: 4 }, |_| {}).unwrap();
+        let out = generate_speculative(&t, &mut proposer, &[0], &[], &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
         let m = &out.metrics;
         accepted += m.accepted;
         tested += m.tested();
@@ -295,4 +308,63 @@ fn acceptance_count_matches_the_expected_acceptance_probabilities() {
     // The closed form assumes one acceptance rate for every position; a Markov draft varies by state
     // and the last iteration is cut by the budget, so only rough agreement is expected.
     assert!((tau - tau_formula).abs() / tau_formula < 0.15, "τ {tau} vs formula {tau_formula}");
+}
+
+fn close_draft() -> Markov {
+    Markov::from_probs(&[
+        &[0.20, 0.30, 0.20, 0.20, 0.10],
+        &[0.20, 0.20, 0.20, 0.20, 0.20],
+        &[0.40, 0.10, 0.30, 0.10, 0.10],
+        &[0.10, 0.10, 0.10, 0.30, 0.40],
+        &[0.30, 0.30, 0.10, 0.10, 0.20],
+    ])
+}
+
+#[test]
+fn deterministic_ngram_proposals_stay_lossless() {
+    // A repetitive prompt so prompt lookup proposes (and is often wrong) at every step.
+    let t = target();
+    let prompt = [0, 1, 3, 4, 0, 1, 3, 4, 0, 1, 3, 4, 0];
+    let p = general_sequence_test(&t, &prompt, || Box::new(NGram::new(3, 1).unwrap()), Schedule::Fixed { k: 3 },
+        SamplingParams::with_temperature(1.0), 3);
+    assert!(p > MIN_P);
+}
+
+#[test]
+fn adaptive_schedules_and_confidence_stops_stay_lossless() {
+    let t = target();
+    let d = close_draft();
+    let params = SamplingParams::with_temperature(1.0);
+    // Five tokens leave room for the schedules to change k between iterations.
+    let heuristic = Schedule::Heuristic { initial: 1, min: 1, max: 6 };
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), heuristic, params, 5) > MIN_P);
+    let optimal = Schedule::Optimal { max: 6, c: 0.2 };
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), optimal, params, 5) > MIN_P);
+    let confident = || Box::new(DraftModel::new(&d, 64).unwrap().with_confidence_stop(0.35)) as Box<dyn Proposer>;
+    assert!(general_sequence_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 4) > MIN_P);
+}
+
+#[test]
+fn greedy_equality_holds_for_every_proposer_and_schedule() {
+    let t = target();
+    let d = close_draft();
+    let gen = GenerationConfig { max_new_tokens: 40, stop_at_eos: false, ..Default::default() };
+    let prompt = [2, 0, 1, 2, 0, 1, 2];
+    let want = generate(&t, &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    let schedules = [
+        Schedule::Fixed { k: 3 },
+        Schedule::Heuristic { initial: 2, min: 1, max: 8 },
+        Schedule::Optimal { max: 8, c: 0.1 },
+    ];
+    for schedule in schedules {
+        let proposers: Vec<Box<dyn Proposer>> = vec![
+            Box::new(DraftModel::new(&d, 128).unwrap()),
+            Box::new(DraftModel::new(&d, 128).unwrap().with_confidence_stop(0.3)),
+            Box::new(NGram::new(2, 1).unwrap()),
+        ];
+        for (i, mut proposer) in proposers.into_iter().enumerate() {
+            let out = generate_speculative(&t, proposer.as_mut(), &prompt, &[], &SpecConfig { generation: gen.clone(), schedule }, |_| {}).unwrap();
+            assert_eq!(out.generation.tokens, want, "{schedule:?}, proposer {i}");
+        }
+    }
 }

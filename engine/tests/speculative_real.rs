@@ -26,7 +26,7 @@ fn prompt(m: &LoadedModel, text: &str) -> Vec<u32> {
 
 fn speculative(target: &LoadedModel, draft: &LoadedModel, ids: &[u32], gen: &GenerationConfig, k: usize) -> engine::speculative::SpecGeneration {
     let mut proposer = DraftModel::new(draft.model.as_ref(), ids.len() + gen.max_new_tokens).unwrap();
-    let cfg = SpecConfig { generation: gen.clone(), k };
+    let cfg = SpecConfig::fixed(gen.clone(), k);
     generate_speculative(target.model.as_ref(), &mut proposer, ids, target.tokenizer.eos_ids(), &cfg, |_| {}).unwrap()
 }
 

@@ -8,7 +8,7 @@ use backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
-use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
+use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, NGram, Schedule, SpecConfig};
 use engine::source::{cache_dir, known_models};
 use engine::tokenizer::{ChatMessage, StreamDecoder};
 use std::io::Write;
@@ -113,18 +113,70 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Draft model for speculative decoding (same vocabulary as --model).
+    /// Draft model for speculative decoding (same vocabulary as --model); implies --proposer draft.
     #[arg(long)]
     draft: Option<String>,
-    /// Tokens drafted per verification.
-    #[arg(long, default_value_t = 4, requires = "draft")]
+    /// Speculative proposer: `draft` (needs --draft) or `ngram` (prompt lookup, no second model).
+    #[arg(long, value_enum)]
+    proposer: Option<ProposerKind>,
+    /// Longest n-gram the ngram proposer matches (down to 1).
+    #[arg(long, default_value_t = 3)]
+    ngram: usize,
+    /// Tokens drafted per verification (the fixed k, or the starting k of an adaptive schedule).
+    #[arg(long, default_value_t = 4)]
     k: usize,
-    /// With --draft: also run target-only decoding with the same settings and report the
+    /// Draft-length schedule: fixed, heuristic (k += 2 after a fully accepted round, k −= 1
+    /// otherwise) or optimal (online α̂, k maximising the predicted speedup for --cost-ratio).
+    #[arg(long, value_enum, default_value = "fixed")]
+    schedule: ScheduleKind,
+    /// Upper bound on k for the adaptive schedules.
+    #[arg(long, default_value_t = 8)]
+    max_k: usize,
+    /// Cost ratio c (draft step ÷ target step) the optimal schedule assumes.
+    #[arg(long, default_value_t = 0.35)]
+    cost_ratio: f64,
+    /// Draft model only: stop a draft where the draft's top probability is below this.
+    #[arg(long)]
+    confidence: Option<f32>,
+    /// Speculative runs: also run target-only decoding with the same settings and report the
     /// measured speedup and the cost ratio c.
-    #[arg(long, requires = "draft")]
+    #[arg(long)]
     baseline: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProposerKind {
+    Draft,
+    Ngram,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ScheduleKind {
+    Fixed,
+    Heuristic,
+    Optimal,
+}
+
+impl GenerateArgs {
+    fn schedule(&self) -> Schedule {
+        match self.schedule {
+            ScheduleKind::Fixed => Schedule::Fixed { k: self.k },
+            ScheduleKind::Heuristic => Schedule::Heuristic { initial: self.k, min: 1, max: self.max_k.max(self.k) },
+            ScheduleKind::Optimal => Schedule::Optimal { max: self.max_k, c: self.cost_ratio },
+        }
+    }
+
+    /// The proposer asked for, if decoding is speculative.
+    fn proposer(&self) -> Result<Option<ProposerKind>> {
+        match (self.proposer, &self.draft) {
+            (Some(ProposerKind::Ngram), Some(_)) => anyhow::bail!("--draft implies --proposer draft, not ngram"),
+            (Some(ProposerKind::Draft), None) => anyhow::bail!("--proposer draft needs --draft SRC"),
+            (None, Some(_)) => Ok(Some(ProposerKind::Draft)),
+            (p, _) => Ok(p),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -206,15 +258,27 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             }
         }
     };
-    let (gen, metrics) = match &draft {
-        Some(d) => {
-            let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
+    let speculative = args.proposer()?;
+    if speculative.is_none() && args.baseline {
+        anyhow::bail!("--baseline compares against speculative decoding: give --draft or --proposer ngram");
+    }
+    let spec = SpecConfig { generation: cfg.clone(), schedule: args.schedule() };
+    let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
+    let (gen, metrics) = match (speculative, &draft) {
+        (Some(ProposerKind::Draft), Some(d)) => {
             let mut proposer = DraftModel::new(d.model.as_ref(), capacity)?;
-            let spec = SpecConfig { generation: cfg.clone(), k: args.k };
+            if let Some(threshold) = args.confidence {
+                proposer = proposer.with_confidence_stop(threshold);
+            }
             let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
             (out.generation, Some(out.metrics))
         }
-        None => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
+        (Some(ProposerKind::Ngram), _) => {
+            let mut proposer = NGram::new(args.ngram, 1)?;
+            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
+            (out.generation, Some(out.metrics))
+        }
+        _ => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
     };
     let baseline = match (&metrics, args.baseline) {
         (Some(_), true) => Some(generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, |_| {})?),
@@ -245,7 +309,11 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     if let Some(m) = &metrics {
         let extra = serde_json::json!({
             "draft": args.draft,
+            "proposer": format!("{:?}", speculative.expect("metrics come from speculative runs")).to_lowercase(),
+            "ngram": args.ngram,
             "k": args.k,
+            "schedule": spec.schedule,
+            "confidence": args.confidence,
             "drafted": m.drafted,
             "accepted": m.accepted,
             "iterations": m.iterations,
@@ -271,7 +339,13 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "target_step_s": target_step_s,
             "c": c,
             "verify_cost": if target_step_s > 0.0 { m.verify_call_s() / target_step_s } else { 0.0 },
-            "predicted_speedup": predicted_speedup(m.alpha(), args.k, c, 1.0),
+            "predicted_speedup": predicted_speedup(m.alpha(), args.k, c),
+            // The sharper form with the measured verification cost v instead of 1 (DESIGN.md §4).
+            "predicted_speedup_measured_v": if target_step_s > 0.0 {
+                expected_tokens(m.alpha(), args.k) / (args.k as f64 * c + m.verify_call_s() / target_step_s)
+            } else {
+                0.0
+            },
         });
         json.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
     }
@@ -312,13 +386,6 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Leviathan et al.: (1 − α^(k+1)) / ((1 − α)(k·c + v)), v = cost of verifying k+1 tokens in
-/// decode steps (1 in the original formula).
-fn predicted_speedup(alpha: f64, k: usize, c: f64, v: f64) -> f64 {
-    let tau = if (1.0 - alpha).abs() < 1e-12 { (k + 1) as f64 } else { (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha) };
-    tau / (k as f64 * c + v)
-}
-
 fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let threads = backend::init_threads(args.runtime.threads)?;
     let device = args.runtime.backend.device()?;
@@ -344,7 +411,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let (mut drafted, mut accepted) = (0u64, 0u64);
     for i in 0..args.samples as u64 {
         let mut proposer = DraftModel::new(draft.model.as_ref(), capacity)?;
-        let cfg = SpecConfig { generation: gen(args.seed.wrapping_add(2 * i)), k: args.k };
+        let cfg = SpecConfig::fixed(gen(args.seed.wrapping_add(2 * i)), args.k);
         let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt, tok.eos_ids(), &cfg, |_| {})?;
         drafted += out.metrics.drafted;
         accepted += out.metrics.accepted;

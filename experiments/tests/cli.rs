@@ -164,3 +164,34 @@ fn certify_passes_a_real_draft_target_pair_on_tiny_models() {
     assert!(alpha > 0.1 && alpha < 0.9, "the pair should agree sometimes, not always: {j}");
     assert!(j["cells"].as_u64().unwrap() >= 20, "too few cells for a meaningful test: {j}");
 }
+
+#[test]
+fn every_proposer_and_schedule_reproduces_greedy_target_only_output() {
+    let model = tiny("llama.gguf");
+    let draft = tiny("llama-draft.gguf");
+    let base = ["generate", "--model", model.as_str(), "--prompt", "hello hello hello", "--max-new-tokens", "24", "--ignore-eos", "--json", "--threads", "1"];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = specdec(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let want = run(&[])["tokens"].clone();
+    for extra in [
+        vec!["--draft", draft.as_str(), "--k", "3"],
+        vec!["--draft", draft.as_str(), "--schedule", "heuristic", "--k", "1", "--max-k", "6"],
+        vec!["--draft", draft.as_str(), "--schedule", "optimal", "--max-k", "6", "--cost-ratio", "0.2"],
+        vec!["--draft", draft.as_str(), "--confidence", "0.2"],
+        vec!["--proposer", "ngram", "--ngram", "2"],
+        vec!["--proposer", "ngram", "--schedule", "heuristic"],
+    ] {
+        let j = run(&extra);
+        assert_eq!(j["tokens"], want, "{extra:?}");
+        assert!(j.get("alpha").is_some() && j.get("schedule").is_some(), "{extra:?}: {j}");
+    }
+    // Contradictory flags are refused.
+    let o = specdec(&["generate", "--model", &model, "--prompt", "x", "--proposer", "draft"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--draft"), "{}", stderr(&o));
+}

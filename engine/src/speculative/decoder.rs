@@ -7,6 +7,7 @@
 //! the first generated token, `decode_s` covers the rest; metrics count the decode phase only.
 
 use super::proposer::Proposer;
+use super::schedule::{Schedule, Scheduler};
 use super::verify::{verify, NextKind, VerifyMode};
 use crate::error::{Error, Result};
 use crate::generate::{positions_needed, Generation, GenerationConfig, StopReason};
@@ -14,12 +15,18 @@ use crate::model::{CausalLm, LogitRows};
 use crate::sampling::{warp, Probs, Sampler};
 use std::time::Instant;
 
-/// Speculative generation settings: the target-only settings plus the draft length.
+/// Speculative generation settings: the target-only settings plus the draft-length schedule.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SpecConfig {
     pub generation: GenerationConfig,
-    /// Tokens drafted per verification.
-    pub k: usize,
+    pub schedule: Schedule,
+}
+
+impl SpecConfig {
+    /// A fixed draft length k.
+    pub fn fixed(generation: GenerationConfig, k: usize) -> Self {
+        SpecConfig { generation, schedule: Schedule::Fixed { k } }
+    }
 }
 
 /// Counters and timings of one speculative generation (decode phase), DESIGN.md §4.
@@ -119,12 +126,14 @@ pub fn generate_speculative(
         return Err(Error::ContextOverflow { needed, capacity: context_length });
     }
     let mode = if gen.sampling.is_greedy() { VerifyMode::Greedy } else { VerifyMode::Sample };
+    let mut scheduler = Scheduler::new(cfg.schedule);
+    let max_k = scheduler.max_k();
     let mut metrics = SpecMetrics {
-        position_tested: vec![0; cfg.k],
-        position_accepted: vec![0; cfg.k],
+        position_tested: vec![0; max_k],
+        position_accepted: vec![0; max_k],
         ..Default::default()
     };
-    let mut tokens: Vec<u32> = Vec::with_capacity(gen.max_new_tokens + cfg.k);
+    let mut tokens: Vec<u32> = Vec::with_capacity(gen.max_new_tokens + max_k);
     if gen.max_new_tokens == 0 {
         let generation = Generation { tokens, prompt_tokens: prompt.len(), stop: StopReason::MaxTokens, prefill_s: 0.0, decode_s: 0.0 };
         return Ok(SpecGeneration { generation, metrics });
@@ -144,7 +153,7 @@ pub fn generate_speculative(
     let mut stop = push(first, &mut tokens, &mut context, eos, gen, &mut on_token);
     while stop.is_none() {
         // Never draft past the budget: k drafts + 1 verified token ≤ what is left.
-        let k = cfg.k.min(gen.max_new_tokens - tokens.len() - 1);
+        let k = scheduler.next_k().min(max_k).min(gen.max_new_tokens - tokens.len() - 1);
         let t = Instant::now();
         let proposal = proposer.propose(&context, k, &mut sampler)?;
         metrics.draft_s += t.elapsed().as_secs_f64();
@@ -166,6 +175,7 @@ pub fn generate_speculative(
         };
         let q = proposal.probs.as_ref().map(|q| &q[..n]);
         let verdict = verify(&p, q, drafted, &uniforms, mode);
+        scheduler.observe(n, verdict.accepted);
 
         // The target's cache keeps the fed last token and the accepted drafts.
         let keep = context.len() + verdict.accepted;

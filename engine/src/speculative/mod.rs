@@ -13,10 +13,8 @@
 //! let target = engine::load_model("qwen2.5-coder-1.5b", &device)?;
 //! let draft = engine::load_model("qwen2.5-coder-0.5b", &device)?;
 //! let prompt = target.tokenizer.encode("def quicksort(arr):", true)?;
-//! let cfg = SpecConfig {
-//!     generation: GenerationConfig { max_new_tokens: 64, sampling: SamplingParams::with_temperature(0.7), ..Default::default() },
-//!     k: 4,
-//! };
+//! let generation = GenerationConfig { max_new_tokens: 64, sampling: SamplingParams::with_temperature(0.7), ..Default::default() };
+//! let cfg = SpecConfig::fixed(generation, 4);
 //! let mut proposer = DraftModel::new(draft.model.as_ref(), prompt.len() + 64)?;
 //! let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt, target.tokenizer.eos_ids(), &cfg, |_| {})?;
 //! println!("{}", target.tokenizer.decode(&out.generation.tokens)?);
@@ -28,9 +26,13 @@
 //! prompt-lookup proposer in thirty lines.
 
 mod decoder;
+mod ngram;
 mod proposer;
+mod schedule;
 mod verify;
 
 pub use decoder::{generate_speculative, SpecConfig, SpecGeneration, SpecMetrics};
+pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};
+pub use schedule::{expected_tokens, optimal_k, predicted_speedup, Schedule, Scheduler};
 pub use verify::{verify, NextKind, Verdict, VerifyMode};

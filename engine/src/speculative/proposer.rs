@@ -41,11 +41,20 @@ pub struct DraftModel<'m> {
     /// The tokens whose keys/values are in `cache` (its first `cache.len()`).
     seen: Vec<u32>,
     steps: usize,
+    /// Stop drafting when the draft's top probability (softmax at temperature 1) falls below this.
+    confidence_stop: Option<f32>,
 }
 
 impl<'m> DraftModel<'m> {
     pub fn new(model: &'m dyn CausalLm, capacity: usize) -> Result<Self> {
-        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0 })
+        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0, confidence_stop: None })
+    }
+
+    /// Ends each draft early at the first position where the draft model's top probability is
+    /// below `threshold` (that position is not proposed): a cheap guess that it would be rejected.
+    pub fn with_confidence_stop(mut self, threshold: f32) -> Self {
+        self.confidence_stop = Some(threshold);
+        self
     }
 
     /// Feeds whatever of `context` the cache has not seen and returns the logits of its last token.
@@ -62,6 +71,13 @@ impl<'m> DraftModel<'m> {
         self.seen.extend_from_slice(feed);
         Ok(logits.last().to_vec())
     }
+}
+
+/// max softmax(row) at temperature 1.
+fn top_probability(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    (1.0 / total) as f32
 }
 
 impl Proposer for DraftModel<'_> {
@@ -83,6 +99,11 @@ impl Proposer for DraftModel<'_> {
         let mut tokens = Vec::with_capacity(k);
         let mut probs = Vec::with_capacity(k);
         for i in 0..k {
+            if let Some(threshold) = self.confidence_stop {
+                if top_probability(&row) < threshold {
+                    break;
+                }
+            }
             let q = warp(&row, &params);
             let d = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
             tokens.push(d);
