@@ -116,3 +116,22 @@ fn qwen_pair_acceptances_match_the_expected_acceptance_probabilities() {
     eprintln!("accepted {accepted}, expected {mean:.1} ± {:.1}, z = {z:.2}", var.sqrt());
     assert!(z.abs() < 4.0, "acceptances deviate from Σβ by {z:.2}σ");
 }
+
+#[test]
+fn layer_skip_self_draft_matches_greedy_and_full_depth_accepts_everything() {
+    let Some(m) = load("smollm2-135m") else { return };
+    let ids = prompt(&m, "Name three colours of the rainbow and explain why the sky is blue.");
+    let gen = GenerationConfig { max_new_tokens: 32, stop_at_eos: false, ..Default::default() };
+    let want = generate(m.model.as_ref(), &ids, m.tokenizer.eos_ids(), &gen, |_| {}).unwrap().tokens;
+    for layers in [10, 20, 30] {
+        let early = engine::model::LayerSkip::new(m.model.as_ref(), layers).unwrap();
+        let mut proposer = DraftModel::new(&early, ids.len() + 32).unwrap();
+        let out = generate_speculative(m.model.as_ref(), &mut proposer, &ids, &[], &SpecConfig::fixed(gen.clone(), 4), |_| {}).unwrap();
+        eprintln!("first {layers}/30 layers: α̂ = {:.3}, τ = {:.2}", out.metrics.alpha(), out.metrics.tau());
+        assert_eq!(out.generation.tokens, want, "{layers} layers");
+        if layers == 30 {
+            assert_eq!(out.metrics.alpha(), 1.0, "all layers = the target itself");
+        }
+    }
+    assert!(engine::model::LayerSkip::new(m.model.as_ref(), 31).is_err());
+}

@@ -116,9 +116,13 @@ struct GenerateArgs {
     /// Draft model for speculative decoding (same vocabulary as --model); implies --proposer draft.
     #[arg(long)]
     draft: Option<String>,
-    /// Speculative proposer: `draft` (needs --draft) or `ngram` (prompt lookup, no second model).
+    /// Speculative proposer: `draft` (needs --draft), `ngram` (prompt lookup) or `layer-skip`
+    /// (the target's first --draft-layers layers drafting for the whole target).
     #[arg(long, value_enum)]
     proposer: Option<ProposerKind>,
+    /// Layers of the target that a layer-skip draft runs.
+    #[arg(long)]
+    draft_layers: Option<usize>,
     /// Longest n-gram the ngram proposer matches (down to 1).
     #[arg(long, default_value_t = 3)]
     ngram: usize,
@@ -150,6 +154,7 @@ struct GenerateArgs {
 enum ProposerKind {
     Draft,
     Ngram,
+    LayerSkip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -171,7 +176,12 @@ impl GenerateArgs {
     /// The proposer asked for, if decoding is speculative.
     fn proposer(&self) -> Result<Option<ProposerKind>> {
         match (self.proposer, &self.draft) {
-            (Some(ProposerKind::Ngram), Some(_)) => anyhow::bail!("--draft implies --proposer draft, not ngram"),
+            (Some(ProposerKind::Ngram | ProposerKind::LayerSkip), Some(_)) => {
+                anyhow::bail!("--draft implies --proposer draft")
+            }
+            (Some(ProposerKind::LayerSkip), None) if self.draft_layers.is_none() => {
+                anyhow::bail!("--proposer layer-skip needs --draft-layers L")
+            }
             (Some(ProposerKind::Draft), None) => anyhow::bail!("--proposer draft needs --draft SRC"),
             (None, Some(_)) => Ok(Some(ProposerKind::Draft)),
             (p, _) => Ok(p),
@@ -273,6 +283,16 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
             (out.generation, Some(out.metrics))
         }
+        (Some(ProposerKind::LayerSkip), _) => {
+            let layers = args.draft_layers.expect("checked by proposer()");
+            let early = engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?;
+            let mut proposer = DraftModel::new(&early, capacity)?;
+            if let Some(threshold) = args.confidence {
+                proposer = proposer.with_confidence_stop(threshold);
+            }
+            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
+            (out.generation, Some(out.metrics))
+        }
         (Some(ProposerKind::Ngram), _) => {
             let mut proposer = NGram::new(args.ngram, 1)?;
             let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
@@ -311,6 +331,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "draft": args.draft,
             "proposer": format!("{:?}", speculative.expect("metrics come from speculative runs")).to_lowercase(),
             "ngram": args.ngram,
+            "draft_layers": args.draft_layers,
             "k": args.k,
             "schedule": spec.schedule,
             "confidence": args.confidence,

@@ -185,6 +185,7 @@ fn every_proposer_and_schedule_reproduces_greedy_target_only_output() {
         vec!["--draft", draft.as_str(), "--confidence", "0.2"],
         vec!["--proposer", "ngram", "--ngram", "2"],
         vec!["--proposer", "ngram", "--schedule", "heuristic"],
+        vec!["--proposer", "layer-skip", "--draft-layers", "1"],
     ] {
         let j = run(&extra);
         assert_eq!(j["tokens"], want, "{extra:?}");

@@ -213,7 +213,8 @@ impl CausalLm for Llama {
             host_kernels,
             device: self.device.clone(),
         };
-        for (i, block) in self.blocks.iter().enumerate() {
+        // A cache with fewer layers runs only those first blocks (a layer-skip draft).
+        for (i, block) in self.blocks.iter().take(cache.n_layers()).enumerate() {
             let h = block.attention(rms_norm(x.clone(), &block.attn_norm, cfg.norm_eps), i, cache, &step, cfg, &self.rope);
             x = x + h;
             let h = block.mlp(rms_norm(x.clone(), &block.mlp_norm, cfg.norm_eps));
@@ -234,10 +235,17 @@ impl CausalLm for Llama {
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.new_partial_cache(capacity, self.cfg.n_layers)
+    }
+
+    fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
         if capacity > self.cfg.context_length {
             return Err(Error::ContextOverflow { needed: capacity, capacity: self.cfg.context_length });
         }
-        Ok(KvCache::new(self.cfg.n_layers, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, &self.device))
+        if layers == 0 || layers > self.cfg.n_layers {
+            return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", self.cfg.n_layers)));
+        }
+        Ok(KvCache::new(layers, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, &self.device))
     }
 
     fn config(&self) -> &ModelConfig {

@@ -35,7 +35,45 @@ pub trait CausalLm {
     /// An empty cache that holds `capacity` positions.
     fn new_cache(&self, capacity: usize) -> Result<KvCache>;
 
+    /// A cache for only the first `layers` blocks: `forward` with it runs those blocks, then the
+    /// final norm and LM head — the model's own early-exit draft (see [`LayerSkip`]). Models that
+    /// cannot exit early say so.
+    fn new_partial_cache(&self, _capacity: usize, layers: usize) -> Result<KvCache> {
+        Err(Error::InvalidArgument(format!("this model cannot run only its first {layers} layers")))
+    }
+
     fn config(&self) -> &ModelConfig;
+}
+
+/// Self-speculative drafting: the target's first `layers` blocks plus its final norm and LM head,
+/// sharing every weight with the target (no extra memory but its own, smaller KV cache).
+pub struct LayerSkip<'m> {
+    model: &'m dyn CausalLm,
+    cfg: ModelConfig,
+}
+
+impl<'m> LayerSkip<'m> {
+    pub fn new(model: &'m dyn CausalLm, layers: usize) -> Result<Self> {
+        let full = model.config();
+        if layers == 0 || layers > full.n_layers {
+            return Err(Error::InvalidArgument(format!("a layer-skip draft needs 1..={} layers, got {layers}", full.n_layers)));
+        }
+        Ok(LayerSkip { model, cfg: ModelConfig { n_layers: layers, name: format!("{} (first {layers} layers)", full.name), ..full.clone() } })
+    }
+}
+
+impl CausalLm for LayerSkip<'_> {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        self.model.forward(tokens, cache, rows)
+    }
+
+    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        self.model.new_partial_cache(capacity, self.cfg.n_layers)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
 }
 
 /// How query/key pairs are rotated. GGUF "normal" rotates adjacent pairs (x[2i], x[2i+1]); llama.cpp
@@ -123,6 +161,11 @@ impl KvCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Layers this cache holds (a model runs that many of its blocks with it).
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Forget everything after `len` (no-op when `len >= self.len()`).
