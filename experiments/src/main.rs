@@ -8,7 +8,8 @@ use backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
-use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, NGram, Schedule, SpecConfig};
+use engine::model::CausalLm;
+use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, NGram, Proposer, Schedule, SpecConfig};
 use engine::source::{cache_dir, known_models};
 use engine::tokenizer::{ChatMessage, StreamDecoder};
 use std::io::Write;
@@ -237,24 +238,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         stop_at_eos: !args.ignore_eos,
     };
     let draft = match &args.draft {
-        Some(spec) => {
-            let d = engine::load_model(spec, &device).with_context(|| format!("loading draft model `{spec}`"))?;
-            if d.tokenizer.vocab_fingerprint() != tok.vocab_fingerprint() {
-                return Err(engine::Error::VocabMismatch {
-                    problem: format!(
-                        "draft `{spec}` ({} tokens, {}) and target `{}` ({} tokens, {}) have different vocabularies; \
-                         speculative decoding across tokenizers is not supported yet",
-                        d.tokenizer.vocab_size(),
-                        d.tokenizer.kind(),
-                        args.model,
-                        tok.vocab_size(),
-                        tok.kind()
-                    ),
-                }
-                .into());
-            }
-            Some(d)
-        }
+        Some(spec) => Some(load_draft(spec, &args.model, tok, &device)?),
         None => None,
     };
     let stdout = std::io::stdout();
@@ -274,31 +258,32 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     }
     let spec = SpecConfig { generation: cfg.clone(), schedule: args.schedule() };
     let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
-    let (gen, metrics) = match (speculative, &draft) {
-        (Some(ProposerKind::Draft), Some(d)) => {
-            let mut proposer = DraftModel::new(d.model.as_ref(), capacity)?;
+    let early = match (speculative, args.draft_layers) {
+        (Some(ProposerKind::LayerSkip), Some(layers)) => Some(engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?),
+        _ => None,
+    };
+    let draft_model: Option<&dyn CausalLm> = match speculative {
+        Some(ProposerKind::Draft) => draft.as_ref().map(|d| d.model.as_ref()),
+        Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| e as &dyn CausalLm),
+        _ => None,
+    };
+    let mut proposer: Option<Box<dyn Proposer + '_>> = match (speculative, draft_model) {
+        (Some(ProposerKind::Ngram), _) => Some(Box::new(NGram::new(args.ngram, 1)?)),
+        (Some(_), Some(model)) => {
+            let mut p = DraftModel::new(model, capacity)?;
             if let Some(threshold) = args.confidence {
-                proposer = proposer.with_confidence_stop(threshold);
+                p = p.with_confidence_stop(threshold);
             }
-            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
+            Some(Box::new(p))
+        }
+        _ => None,
+    };
+    let (gen, metrics) = match proposer.as_mut() {
+        Some(p) => {
+            let out = generate_speculative(loaded.model.as_ref(), p.as_mut(), &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
             (out.generation, Some(out.metrics))
         }
-        (Some(ProposerKind::LayerSkip), _) => {
-            let layers = args.draft_layers.expect("checked by proposer()");
-            let early = engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?;
-            let mut proposer = DraftModel::new(&early, capacity)?;
-            if let Some(threshold) = args.confidence {
-                proposer = proposer.with_confidence_stop(threshold);
-            }
-            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
-            (out.generation, Some(out.metrics))
-        }
-        (Some(ProposerKind::Ngram), _) => {
-            let mut proposer = NGram::new(args.ngram, 1)?;
-            let out = generate_speculative(loaded.model.as_ref(), &mut proposer, &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
-            (out.generation, Some(out.metrics))
-        }
-        _ => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
+        None => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
     };
     let baseline = match (&metrics, args.baseline) {
         (Some(_), true) => Some(generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, |_| {})?),
@@ -407,16 +392,30 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads a draft model and checks it shares the target's vocabulary (token ids must mean the same).
+fn load_draft(spec: &str, target_spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<engine::LoadedModel> {
+    let d = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
+    if d.tokenizer.vocab_fingerprint() != target.vocab_fingerprint() {
+        return Err(engine::Error::VocabMismatch {
+            problem: format!(
+                "draft `{spec}` ({} tokens, {}) and target `{target_spec}` ({} tokens, {}) have different vocabularies; \
+                 speculative decoding across tokenizers is not supported yet",
+                d.tokenizer.vocab_size(),
+                d.tokenizer.kind(),
+                target.vocab_size(),
+                target.kind()
+            ),
+        }
+        .into());
+    }
+    Ok(d)
+}
+
 fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let threads = backend::init_threads(args.runtime.threads)?;
     let device = args.runtime.backend.device()?;
     let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
-    let draft = engine::load_model(&args.draft, &device).with_context(|| format!("loading draft `{}`", args.draft))?;
-    if draft.tokenizer.vocab_fingerprint() != target.tokenizer.vocab_fingerprint() {
-        anyhow::bail!(engine::Error::VocabMismatch {
-            problem: format!("draft `{}` and target `{}` have different vocabularies", args.draft, args.model)
-        });
-    }
+    let draft = load_draft(&args.draft, &args.model, &target.tokenizer, &device)?;
     let tok = &target.tokenizer;
     let prompt = if args.chat {
         tok.encode(&tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: args.prompt.clone() }], true)?, false)?
