@@ -2,6 +2,7 @@
 //! The only place that picks a Burn backend and the thread count.
 
 mod backend;
+mod bench;
 
 use anyhow::{Context, Result};
 use backend::Backend;
@@ -33,6 +34,28 @@ enum Command {
     /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
     /// compared with a χ² homogeneity test and their total-variation distance.
     Certify(CertifyArgs),
+    /// Measure prefill and decode speed, the verification cost curve, load time and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// llama.cpp's bin folder (../shared/tools/llama-cpp.sh builds one): also run llama-bench on the
+    /// same GGUF file with the same threads and print the ratios.
+    #[arg(long)]
+    compare_llama_cpp: Option<std::path::PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Args)]
@@ -205,6 +228,7 @@ fn main() {
         Command::Inspect(args) => cmd_inspect(args),
         Command::Models => cmd_models(),
         Command::Certify(args) => cmd_certify(args),
+        Command::Bench(args) => cmd_bench(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -386,6 +410,76 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
                 json["speedup"].as_f64().unwrap_or(0.0),
                 json["c"].as_f64().unwrap_or(0.0),
                 b.tokens == gen.tokens
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<()> {
+    let threads = backend::init_threads(args.runtime.threads)?;
+    let device = args.runtime.backend.device()?;
+    let files = engine::source::resolve(&args.model)?;
+    let start = Instant::now();
+    let loaded = engine::load_files(files.clone(), &device).with_context(|| format!("loading model `{}`", args.model))?;
+    let load_s = start.elapsed().as_secs_f64();
+    // A deterministic prompt of exactly --prompt-tokens tokens (ordinary text, repeated).
+    let text = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. ".repeat(64);
+    let mut prompt = loaded.tokenizer.encode(&text, false)?;
+    if prompt.len() < args.prompt_tokens {
+        anyhow::bail!("could not build a {}-token prompt", args.prompt_tokens);
+    }
+    prompt.truncate(args.prompt_tokens);
+    let report = bench::run(loaded.model.as_ref(), &prompt, args.gen_tokens, args.repeats)?;
+    let llama = match (&args.compare_llama_cpp, &files) {
+        (Some(dir), engine::source::ModelFiles::Gguf(path)) => {
+            Some(bench::llama_bench(dir, path, threads, args.prompt_tokens, args.gen_tokens, args.repeats)?)
+        }
+        (Some(_), _) => anyhow::bail!("--compare-llama-cpp needs a GGUF model"),
+        (None, _) => None,
+    };
+    let json = serde_json::json!({
+        "model": args.model,
+        "file": files.path(),
+        "backend": args.runtime.backend.to_string(),
+        "threads": threads,
+        "prompt_tokens": args.prompt_tokens,
+        "gen_tokens": args.gen_tokens,
+        "repeats": args.repeats,
+        "load_s": load_s,
+        "prefill_tok_s": report.prefill_tok_s,
+        "prefill_tok_s_runs": report.prefill_tok_s_runs,
+        "decode_tok_s": report.decode_tok_s,
+        "decode_tok_s_runs": report.decode_tok_s_runs,
+        "verify_cost": report.verify_cost.iter().map(|(n, c)| (n.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
+        "peak_rss_bytes": backend::peak_rss_bytes(),
+        "file_bytes": loaded.file_bytes,
+        "llama_cpp": llama.map(|(p, d)| serde_json::json!({
+            "prefill_tok_s": p, "decode_tok_s": d,
+            "prefill_ratio": report.prefill_tok_s / p, "decode_ratio": report.decode_tok_s / d,
+        })),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        let spread = |v: &[f64]| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(0.0, f64::max);
+            format!("{lo:.1}–{hi:.1}")
+        };
+        println!("{} · {} threads · {}", args.model, threads, args.runtime.backend);
+        println!("load        {load_s:.2} s, peak RSS {:.0} MB (file {:.0} MB)", json["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6, loaded.file_bytes as f64 / 1e6);
+        println!("prefill     {:.1} tok/s (median of {}, range {}) for {} tokens", report.prefill_tok_s, args.repeats, spread(&report.prefill_tok_s_runs), args.prompt_tokens);
+        println!("decode      {:.1} tok/s (median of {}, range {}) for {} tokens", report.decode_tok_s, args.repeats, spread(&report.decode_tok_s_runs), args.gen_tokens);
+        let curve: Vec<String> = report.verify_cost.iter().map(|(n, c)| format!("{n}: {c:.2}")).collect();
+        println!("verify cost forward(n) / forward(1): {}", curve.join(", "));
+        if let Some(l) = &json["llama_cpp"].as_object() {
+            println!(
+                "llama.cpp   prefill {:.1} tok/s, decode {:.1} tok/s → ours / llama.cpp: prefill {:.2}×, decode {:.2}×",
+                l["prefill_tok_s"].as_f64().unwrap_or(0.0),
+                l["decode_tok_s"].as_f64().unwrap_or(0.0),
+                l["prefill_ratio"].as_f64().unwrap_or(0.0),
+                l["decode_ratio"].as_f64().unwrap_or(0.0)
             );
         }
     }

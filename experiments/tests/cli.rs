@@ -196,3 +196,22 @@ fn every_proposer_and_schedule_reproduces_greedy_target_only_output() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--draft"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_json_reports_speed_memory_and_the_verification_curve() {
+    let o = specdec(&["bench", "--model", &tiny("qwen2.gguf"), "--prompt-tokens", "16", "--gen-tokens", "8", "--repeats", "2", "--json", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["prefill_tok_s", "decode_tok_s", "load_s", "peak_rss_bytes", "verify_cost"] {
+        assert!(j.get(key).is_some(), "missing `{key}` in {j}");
+    }
+    assert!(j["decode_tok_s"].as_f64().unwrap() > 0.0);
+    let curve = j["verify_cost"].as_object().unwrap();
+    assert_eq!(curve.keys().map(String::as_str).collect::<std::collections::BTreeSet<_>>(), ["1", "2", "3", "5", "9"].into());
+    assert_eq!(curve["1"], 1.0);
+    // Asking for llama.cpp with a folder that has no llama-bench is a clear error.
+    let o = specdec(&["bench", "--model", &tiny("qwen2.gguf"), "--prompt-tokens", "8", "--gen-tokens", "2", "--repeats", "1",
+        "--compare-llama-cpp", "/nonexistent", "--threads", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("llama-bench"), "{}", stderr(&o));
+}

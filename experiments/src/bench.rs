@@ -1,0 +1,108 @@
+//! `specdec bench`: prefill and decode speed, the cost of verifying n tokens in one forward, load
+//! time and peak memory of one model — optionally side by side with llama.cpp's `llama-bench` on
+//! the same file and thread count, in the same invocation.
+
+use anyhow::{bail, Context, Result};
+use engine::model::{CausalLm, LogitRows};
+use engine::sampling::argmax;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Forward sizes of the verification curve: k + 1 for k = 0, 1, 2, 4, 8.
+pub const VERIFY_SIZES: [usize; 5] = [1, 2, 3, 5, 9];
+
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub prefill_tok_s: f64,
+    pub prefill_tok_s_runs: Vec<f64>,
+    pub decode_tok_s: f64,
+    pub decode_tok_s_runs: Vec<f64>,
+    /// Forward time over n tokens ÷ one-token decode step, for n in [`VERIFY_SIZES`].
+    pub verify_cost: Vec<(usize, f64)>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        0.0
+    } else {
+        s[s.len() / 2]
+    }
+}
+
+/// Runs the measurements on `prompt` (its length is the prefill size), generating `gen` tokens.
+pub fn run(model: &dyn CausalLm, prompt: &[u32], gen: usize, repeats: usize) -> Result<BenchReport> {
+    if prompt.is_empty() || gen == 0 || repeats == 0 {
+        bail!("bench needs a non-empty prompt, at least one generated token and one repeat");
+    }
+    let capacity = prompt.len() + gen + VERIFY_SIZES[VERIFY_SIZES.len() - 1];
+    let once = || -> Result<(f64, f64)> {
+        let mut cache = model.new_cache(capacity)?;
+        let t = Instant::now();
+        let logits = model.forward(prompt, &mut cache, LogitRows::Last)?;
+        let prefill = t.elapsed().as_secs_f64();
+        let mut next = argmax(logits.last());
+        let t = Instant::now();
+        for _ in 0..gen {
+            next = argmax(model.forward(&[next], &mut cache, LogitRows::Last)?.last());
+        }
+        let decode = t.elapsed().as_secs_f64();
+        Ok((prompt.len() as f64 / prefill, gen as f64 / decode))
+    };
+    once()?; // warmup: page in weights, size allocations
+    let mut prefill_runs = Vec::new();
+    let mut decode_runs = Vec::new();
+    for _ in 0..repeats {
+        let (p, d) = once()?;
+        prefill_runs.push(p);
+        decode_runs.push(d);
+    }
+    // Verification curve: after the prompt, time an n-token forward (all rows), roll back, repeat.
+    let mut cache = model.new_cache(capacity)?;
+    model.forward(prompt, &mut cache, LogitRows::Last)?;
+    let base = cache.len();
+    let tokens: Vec<u32> = prompt.iter().rev().take(VERIFY_SIZES[4]).copied().collect();
+    let mut times = Vec::new();
+    for &n in &VERIFY_SIZES {
+        let mut runs = Vec::new();
+        for _ in 0..(3 * repeats).max(5) {
+            let t = Instant::now();
+            model.forward(&tokens[..n.min(tokens.len())], &mut cache, LogitRows::All)?;
+            runs.push(t.elapsed().as_secs_f64());
+            cache.truncate(base);
+        }
+        times.push((n, median(&runs)));
+    }
+    let one = times[0].1;
+    Ok(BenchReport {
+        prefill_tok_s: median(&prefill_runs),
+        prefill_tok_s_runs: prefill_runs,
+        decode_tok_s: median(&decode_runs),
+        decode_tok_s_runs: decode_runs,
+        verify_cost: times.iter().map(|&(n, t)| (n, t / one)).collect(),
+    })
+}
+
+/// llama.cpp's figures for the same file: (prefill tok/s, decode tok/s) from `llama-bench -o json`.
+pub fn llama_bench(bin_dir: &Path, model: &Path, threads: usize, prompt: usize, gen: usize, repeats: usize) -> Result<(f64, f64)> {
+    let exe: PathBuf = bin_dir.join("llama-bench");
+    let out = Command::new(&exe)
+        .args(["-m"])
+        .arg(model)
+        .args(["-t", &threads.to_string(), "-p", &prompt.to_string(), "-n", &gen.to_string(), "-r", &repeats.to_string(), "-o", "json"])
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    if !out.status.success() {
+        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("parsing llama-bench JSON")?;
+    let rate = |prefill: bool| {
+        rows.iter()
+            .find(|r| (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prefill && (r["n_gen"].as_u64().unwrap_or(0) > 0) != prefill)
+            .and_then(|r| r["avg_ts"].as_f64())
+            .context("llama-bench printed no matching test")
+    };
+    Ok((rate(true)?, rate(false)?))
+}
