@@ -6,7 +6,7 @@
 //! `decode_tok_s = (tokens − 1) / decode_s`.
 
 use crate::error::{Error, Result};
-use crate::model::{CausalLm, LogitRows};
+use crate::model::{CausalLm, KvCache, LogitRows};
 use crate::sampling::{Sampler, SamplingParams};
 use std::time::Instant;
 
@@ -66,15 +66,9 @@ pub fn positions_needed(prompt_len: usize, max_new_tokens: usize) -> usize {
     prompt_len + max_new_tokens.saturating_sub(1)
 }
 
-/// Generates up to `cfg.max_new_tokens` tokens after `prompt`, calling `on_token` for each as it is
-/// produced (for streaming). Fails before any work if the prompt and budget overflow the context.
-pub fn generate(
-    model: &dyn CausalLm,
-    prompt: &[u32],
-    eos: &[u32],
-    cfg: &GenerationConfig,
-    mut on_token: impl FnMut(u32),
-) -> Result<Generation> {
+/// Validates a generation request before any work (sampling parameters, a non-empty prompt, prompt
+/// plus budget within the model's context) and allocates the target's cache for it.
+pub(crate) fn checked_cache(model: &dyn CausalLm, prompt: &[u32], cfg: &GenerationConfig) -> Result<KvCache> {
     cfg.sampling.validate()?;
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("the prompt has no tokens".into()));
@@ -84,7 +78,19 @@ pub fn generate(
     if needed > context {
         return Err(Error::ContextOverflow { needed, capacity: context });
     }
-    let mut cache = model.new_cache(needed.max(prompt.len()))?;
+    model.new_cache(needed.max(prompt.len()))
+}
+
+/// Generates up to `cfg.max_new_tokens` tokens after `prompt`, calling `on_token` for each as it is
+/// produced (for streaming). Fails before any work if the prompt and budget overflow the context.
+pub fn generate(
+    model: &dyn CausalLm,
+    prompt: &[u32],
+    eos: &[u32],
+    cfg: &GenerationConfig,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let mut cache = checked_cache(model, prompt, cfg)?;
     let mut sampler = Sampler::new(cfg.sampling, cfg.seed);
     let mut tokens = Vec::with_capacity(cfg.max_new_tokens);
     let start = Instant::now();

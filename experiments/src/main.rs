@@ -243,18 +243,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     let loaded = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
     let load_s = load_start.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
-    let prompt_ids = if args.chat {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
-        }
-        messages.push(ChatMessage { role: "user".into(), content: args.prompt.clone() });
-        let text = tok.apply_chat_template(&messages, true)?;
-        // The rendered template already carries any BOS text it wants.
-        tok.encode(&text, false)?
-    } else {
-        tok.encode(&args.prompt, true)?
-    };
+    let prompt_ids = encode_prompt(tok, &args.prompt, args.chat, args.system.as_deref())?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
@@ -486,6 +475,20 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prompt ids: plain text (with BOS where the model wants one), or a user turn (after an optional
+/// system message) rendered with the chat template, which carries any BOS text itself.
+fn encode_prompt(tok: &engine::tokenizer::Tokenizer, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>> {
+    if !chat {
+        return Ok(tok.encode(prompt, true)?);
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage { role: "system".into(), content: system.into() });
+    }
+    messages.push(ChatMessage { role: "user".into(), content: prompt.into() });
+    Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?)
+}
+
 /// Loads a draft model and checks it shares the target's vocabulary (token ids must mean the same).
 fn load_draft(spec: &str, target_spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<engine::LoadedModel> {
     let d = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
@@ -511,11 +514,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
     let draft = load_draft(&args.draft, &args.model, &target.tokenizer, &device)?;
     let tok = &target.tokenizer;
-    let prompt = if args.chat {
-        tok.encode(&tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: args.prompt.clone() }], true)?, false)?
-    } else {
-        tok.encode(&args.prompt, true)?
-    };
+    let prompt = encode_prompt(tok, &args.prompt, args.chat, None)?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     let gen = |seed| GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed, stop_at_eos: true };
     let capacity = engine::generate::positions_needed(prompt.len(), args.max_new_tokens).max(prompt.len());

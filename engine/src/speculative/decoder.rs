@@ -9,8 +9,8 @@
 use super::proposer::Proposer;
 use super::schedule::{Schedule, Scheduler};
 use super::verify::{verify, NextKind, VerifyMode};
-use crate::error::{Error, Result};
-use crate::generate::{positions_needed, Generation, GenerationConfig, StopReason};
+use crate::error::Result;
+use crate::generate::{checked_cache, Generation, GenerationConfig, StopReason};
 use crate::model::{CausalLm, LogitRows};
 use crate::sampling::{warp, Probs, Sampler};
 use std::time::Instant;
@@ -116,15 +116,7 @@ pub fn generate_speculative(
     mut on_token: impl FnMut(u32),
 ) -> Result<SpecGeneration> {
     let gen = &cfg.generation;
-    gen.sampling.validate()?;
-    if prompt.is_empty() {
-        return Err(Error::InvalidArgument("the prompt has no tokens".into()));
-    }
-    let needed = positions_needed(prompt.len(), gen.max_new_tokens);
-    let context_length = target.config().context_length;
-    if needed > context_length {
-        return Err(Error::ContextOverflow { needed, capacity: context_length });
-    }
+    let mut cache = checked_cache(target, prompt, gen)?;
     let mode = if gen.sampling.is_greedy() { VerifyMode::Greedy } else { VerifyMode::Sample };
     let mut scheduler = Scheduler::new(cfg.schedule);
     let max_k = scheduler.max_k();
@@ -138,7 +130,6 @@ pub fn generate_speculative(
         let generation = Generation { tokens, prompt_tokens: prompt.len(), stop: StopReason::MaxTokens, prefill_s: 0.0, decode_s: 0.0 };
         return Ok(SpecGeneration { generation, metrics });
     }
-    let mut cache = target.new_cache(needed.max(prompt.len()))?;
     let mut sampler = Sampler::new(gen.sampling, gen.seed);
 
     let start = Instant::now();
