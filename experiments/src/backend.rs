@@ -20,6 +20,19 @@ impl std::fmt::Display for Backend {
     }
 }
 
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "flex" => Ok(Backend::Flex),
+            "ndarray" => Ok(Backend::Ndarray),
+            "wgpu" => Ok(Backend::Wgpu),
+            other => Err(format!("unknown backend {other:?} (expected flex, ndarray or wgpu)")),
+        }
+    }
+}
+
 impl Backend {
     pub fn device(self) -> Result<Device> {
         match self {

@@ -3,6 +3,13 @@
 
 mod backend;
 mod bench;
+mod config;
+mod plot;
+mod proposers;
+mod records;
+mod report;
+mod runner;
+mod summary;
 
 use anyhow::{Context, Result};
 use backend::Backend;
@@ -10,7 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
 use engine::model::CausalLm;
-use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, NGram, Proposer, Schedule, SpecConfig};
+use config::{ProposerKind, ScheduleKind};
+use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, Proposer, SpecConfig};
+use proposers::ProposerSpec;
 use engine::source::{cache_dir, known_models};
 use engine::tokenizer::{ChatMessage, StreamDecoder};
 use std::io::Write;
@@ -36,6 +45,46 @@ enum Command {
     Certify(CertifyArgs),
     /// Measure prefill and decode speed, the verification cost curve, load time and peak memory.
     Bench(BenchArgs),
+    /// Run an experiment grid (pairs × k × sampling × prompt sets) with baselines; writes
+    /// results/<experiment>/<run-id>/ with records, summaries, plots and a report.
+    Run(RunArgs),
+    /// Recompute summary.json/csv, plots and report.md of a run directory from its records.
+    Summarize {
+        dir: std::path::PathBuf,
+    },
+    /// Write a run's tidy CSVs (generations, per-position acceptance, cells) for notebooks.
+    Export {
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "notebooks-data/exports")]
+        to: std::path::PathBuf,
+    },
+    /// Combine shard directories of one run (`run --shard I/N`) into one run with one summary.
+    Merge {
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Experiment config (TOML); see experiments/configs/.
+    #[arg(required_unless_present = "resume")]
+    config: Option<std::path::PathBuf>,
+    /// Parent folder of <experiment>/<run-id>/.
+    #[arg(long, default_value = "results")]
+    out: std::path::PathBuf,
+    /// Continue an interrupted run in DIR: finished generations are skipped.
+    #[arg(long, conflicts_with = "config")]
+    resume: Option<std::path::PathBuf>,
+    /// Run only slice I of N of the grid (whole prompt groups with their baselines); merge the
+    /// shard folders afterwards with `specdec merge`.
+    #[arg(long)]
+    shard: Option<runner::Shard>,
+    /// No progress bar or per-generation lines (the summary table is still printed).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -154,7 +203,8 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 4)]
     k: usize,
     /// Draft-length schedule: fixed, heuristic (k += 2 after a fully accepted round, k −= 1
-    /// otherwise) or optimal (online α̂, k maximising the predicted speedup for --cost-ratio).
+    /// otherwise), confidence (up to k, stopping where the draft's top probability < --confidence,
+    /// default 0.4) or optimal (online α̂, k maximising the predicted speedup for --cost-ratio).
     #[arg(long, value_enum, default_value = "fixed")]
     schedule: ScheduleKind,
     /// Upper bound on k for the adaptive schedules.
@@ -163,7 +213,7 @@ struct GenerateArgs {
     /// Cost ratio c (draft step ÷ target step) the optimal schedule assumes.
     #[arg(long, default_value_t = 0.35)]
     cost_ratio: f64,
-    /// Draft model only: stop a draft where the draft's top probability is below this.
+    /// Model drafts only: stop a draft where the draft's top probability is below this.
     #[arg(long)]
     confidence: Option<f32>,
     /// Speculative runs: also run target-only decoding with the same settings and report the
@@ -174,27 +224,9 @@ struct GenerateArgs {
     runtime: RuntimeArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ProposerKind {
-    Draft,
-    Ngram,
-    LayerSkip,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum ScheduleKind {
-    Fixed,
-    Heuristic,
-    Optimal,
-}
-
 impl GenerateArgs {
-    fn schedule(&self) -> Schedule {
-        match self.schedule {
-            ScheduleKind::Fixed => Schedule::Fixed { k: self.k },
-            ScheduleKind::Heuristic => Schedule::Heuristic { initial: self.k, min: 1, max: self.max_k.max(self.k) },
-            ScheduleKind::Optimal => Schedule::Optimal { max: self.max_k, c: self.cost_ratio },
-        }
+    fn proposer_spec(&self, kind: ProposerKind) -> ProposerSpec {
+        ProposerSpec { kind, ngram: self.ngram, schedule: self.schedule, max_k: self.max_k, cost_ratio: self.cost_ratio, confidence: self.confidence }
     }
 
     /// The proposer asked for, if decoding is speculative.
@@ -229,6 +261,14 @@ fn main() {
         Command::Models => cmd_models(),
         Command::Certify(args) => cmd_certify(args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Run(args) => cmd_run(args),
+        Command::Summarize { dir } => report::finalize(&dir).map(|cells| print!("{}", summary::table(&cells))),
+        Command::Export { dir, to } => report::export(&dir, &to).map(|files| {
+            for f in files {
+                println!("{}", f.display());
+            }
+        }),
+        Command::Merge { dirs, out } => report::merge(&dirs, &out).map(|_| println!("merged {} shard(s) into {}", dirs.len(), out.display())),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -269,7 +309,8 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     if speculative.is_none() && args.baseline {
         anyhow::bail!("--baseline compares against speculative decoding: give --draft or --proposer ngram");
     }
-    let spec = SpecConfig { generation: cfg.clone(), schedule: args.schedule() };
+    let proposer_spec = speculative.map(|kind| args.proposer_spec(kind));
+    let spec = SpecConfig { generation: cfg.clone(), schedule: proposer_spec.map_or(engine::speculative::Schedule::Fixed { k: args.k }, |p| p.schedule(args.k)) };
     let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
     let early = match (speculative, args.draft_layers) {
         (Some(ProposerKind::LayerSkip), Some(layers)) => Some(engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?),
@@ -280,16 +321,9 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| e as &dyn CausalLm),
         _ => None,
     };
-    let mut proposer: Option<Box<dyn Proposer + '_>> = match (speculative, draft_model) {
-        (Some(ProposerKind::Ngram), _) => Some(Box::new(NGram::new(args.ngram, 1)?)),
-        (Some(_), Some(model)) => {
-            let mut p = DraftModel::new(model, capacity)?;
-            if let Some(threshold) = args.confidence {
-                p = p.with_confidence_stop(threshold);
-            }
-            Some(Box::new(p))
-        }
-        _ => None,
+    let mut proposer: Option<Box<dyn Proposer + '_>> = match proposer_spec {
+        Some(p) => Some(p.build(draft_model, capacity)?),
+        None => None,
     };
     let (gen, metrics) = match proposer.as_mut() {
         Some(p) => {
@@ -327,7 +361,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     if let Some(m) = &metrics {
         let extra = serde_json::json!({
             "draft": args.draft,
-            "proposer": format!("{:?}", speculative.expect("metrics come from speculative runs")).to_lowercase(),
+            "proposer": speculative.expect("metrics come from speculative runs").to_string(),
             "ngram": args.ngram,
             "draft_layers": args.draft_layers,
             "k": args.k,
@@ -492,20 +526,21 @@ fn encode_prompt(tok: &engine::tokenizer::Tokenizer, prompt: &str, chat: bool, s
 /// Loads a draft model and checks it shares the target's vocabulary (token ids must mean the same).
 fn load_draft(spec: &str, target_spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<engine::LoadedModel> {
     let d = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
-    if d.tokenizer.vocab_fingerprint() != target.vocab_fingerprint() {
-        return Err(engine::Error::VocabMismatch {
-            problem: format!(
-                "draft `{spec}` ({} tokens, {}) and target `{target_spec}` ({} tokens, {}) have different vocabularies; \
-                 speculative decoding across tokenizers is not supported yet",
-                d.tokenizer.vocab_size(),
-                d.tokenizer.kind(),
-                target.vocab_size(),
-                target.kind()
-            ),
-        }
-        .into());
-    }
+    proposers::check_vocabularies(&d.tokenizer, spec, target, target_spec)?;
     Ok(d)
+}
+
+fn cmd_run(args: RunArgs) -> Result<()> {
+    let opts = runner::RunOptions { out: args.out, shard: args.shard, quiet: args.quiet };
+    let dir = match (&args.resume, &args.config) {
+        (Some(dir), _) => runner::resume(dir, args.quiet)?,
+        (None, Some(config)) => runner::run_new(config, &opts)?,
+        (None, None) => anyhow::bail!("give a CONFIG.toml or --resume DIR"),
+    };
+    let cells = report::finalize(&dir)?;
+    print!("{}", summary::table(&cells));
+    println!("\nreport: {}", dir.join("report.md").display());
+    Ok(())
 }
 
 fn cmd_certify(args: CertifyArgs) -> Result<()> {

@@ -27,7 +27,7 @@ pub enum LogitRows {
 }
 
 /// A decoder-only language model.
-pub trait CausalLm {
+pub trait CausalLm: Send + Sync {
     /// Runs `tokens` at positions `cache.len()..cache.len() + tokens.len()`, appends their keys and
     /// values to `cache`, and returns logits for the requested rows.
     fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits>;

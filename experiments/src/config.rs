@@ -1,0 +1,418 @@
+//! Experiment configuration (`specdec run CONFIG.toml`): named models, pairs (a target with a
+//! proposer), a grid, prompt sets, repeats and warmup. Unknown keys and wrong types are errors
+//! that name the key and the line (serde `deny_unknown_fields` + the toml crate's spans).
+
+use crate::backend::Backend;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Results go to `results/<name>/<run-id>/`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Base seed; each (prompt set, prompt, repeat) derives its own from it.
+    #[serde(default)]
+    pub seed: u64,
+    /// Measured generations per (cell, prompt).
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// Unrecorded generations per model (and per pair) before any measurement.
+    #[serde(default = "one")]
+    pub warmup: usize,
+    /// Generate past end-of-sequence so every cell emits exactly `max_new_tokens`.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// CPU threads for models that do not set their own (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Backend for models that do not set their own.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    pub models: BTreeMap<String, ModelEntry>,
+    pub pairs: Vec<PairEntry>,
+    pub grid: Grid,
+    pub prompts: Vec<PromptSetEntry>,
+    #[serde(default)]
+    pub baselines: Baselines,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Anything `specdec generate --model` accepts: a file, a directory, `hf:`, `pypi:`, a short name.
+    pub source: String,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProposerKind {
+    Draft,
+    Ngram,
+    LayerSkip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    #[default]
+    Fixed,
+    Heuristic,
+    Confidence,
+    Optimal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairEntry {
+    /// Label in records, summaries and plots (default `draft→target`, `ngram→target`, …).
+    #[serde(default)]
+    pub name: Option<String>,
+    pub target: String,
+    /// A model name from `[models]`; implies `proposer = "draft"`.
+    #[serde(default)]
+    pub draft: Option<String>,
+    #[serde(default)]
+    pub proposer: Option<ProposerKind>,
+    /// Longest n-gram matched by the ngram proposer.
+    #[serde(default)]
+    pub ngram: Option<usize>,
+    /// Layers of the target the layer-skip draft runs.
+    #[serde(default)]
+    pub draft_layers: Option<usize>,
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Bound on k for adaptive schedules (default 8).
+    #[serde(default)]
+    pub max_k: Option<usize>,
+    /// Cost ratio c the optimal schedule assumes (default 0.35).
+    #[serde(default)]
+    pub cost_ratio: Option<f64>,
+    /// Confidence-stop threshold on the draft's top probability (schedule "confidence"; default 0.4).
+    #[serde(default)]
+    pub confidence: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grid {
+    /// Draft lengths (the starting k of adaptive schedules).
+    pub k: Vec<usize>,
+    pub temperature: Vec<f32>,
+    #[serde(default = "one_f32")]
+    pub top_p: Vec<f32>,
+    #[serde(default = "zero_usize")]
+    pub top_k: Vec<usize>,
+    pub max_new_tokens: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSetEntry {
+    /// Label (default: the file stem).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// JSONL prompt file (notebooks-data/prompts/README.md), relative to the config's directory or
+    /// any of its ancestors (so `notebooks-data/prompts/code.jsonl` works from the repo's configs).
+    pub file: PathBuf,
+    /// Use only the first `limit` prompts.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Render prompts (or their `messages`) with the model's chat template.
+    #[serde(default = "yes")]
+    pub chat: bool,
+    #[serde(default)]
+    pub system: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baselines {
+    /// Draft-only runs (for the draft's speed and the cost ratio from whole generations).
+    #[serde(default = "yes")]
+    pub draft: bool,
+}
+
+impl Default for Baselines {
+    fn default() -> Self {
+        Baselines { draft: true }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn one_f32() -> Vec<f32> {
+    vec![1.0]
+}
+fn zero_usize() -> Vec<usize> {
+    vec![0]
+}
+fn default_backend() -> String {
+    "flex".into()
+}
+
+/// A prompt as the runner uses it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prompt {
+    pub id: String,
+    #[serde(default)]
+    pub category: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<engine::tokenizer::ChatMessage>>,
+}
+
+/// A prompt set with its prompts loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromptSet {
+    pub name: String,
+    pub chat: bool,
+    pub system: Option<String>,
+    pub prompts: Vec<Prompt>,
+}
+
+impl std::fmt::Display for ProposerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProposerKind::Draft => "draft",
+            ProposerKind::Ngram => "ngram",
+            ProposerKind::LayerSkip => "layer-skip",
+        })
+    }
+}
+
+impl std::fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScheduleKind::Fixed => "fixed",
+            ScheduleKind::Heuristic => "heuristic",
+            ScheduleKind::Confidence => "confidence",
+            ScheduleKind::Optimal => "optimal",
+        })
+    }
+}
+
+impl PairEntry {
+    /// The proposer settings of this pair.
+    pub fn spec(&self) -> crate::proposers::ProposerSpec {
+        use crate::proposers::*;
+        ProposerSpec {
+            kind: self.proposer(),
+            ngram: self.ngram.unwrap_or(3),
+            schedule: self.schedule,
+            max_k: self.max_k.unwrap_or(DEFAULT_MAX_K),
+            cost_ratio: self.cost_ratio.unwrap_or(DEFAULT_COST_RATIO),
+            confidence: self.confidence,
+        }
+    }
+
+    pub fn proposer(&self) -> ProposerKind {
+        self.proposer.unwrap_or(if self.draft.is_some() { ProposerKind::Draft } else { ProposerKind::Ngram })
+    }
+
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| match self.proposer() {
+            ProposerKind::Draft => format!("{}→{}", self.draft.as_deref().unwrap_or("?"), self.target),
+            ProposerKind::Ngram => format!("ngram{}→{}", self.ngram.unwrap_or(3), self.target),
+            ProposerKind::LayerSkip => format!("{}@{}→{}", self.target, self.draft_layers.unwrap_or(0), self.target),
+        })
+    }
+
+    /// The model whose draft-only baseline measures this pair's drafting cost, if it has one:
+    /// a draft model, or the target's first L layers (named `target@L`).
+    pub fn draft_model_label(&self) -> Option<String> {
+        match self.proposer() {
+            ProposerKind::Draft => self.draft.clone(),
+            ProposerKind::LayerSkip => self.draft_layers.map(|l| format!("{}@{l}", self.target)),
+            ProposerKind::Ngram => None,
+        }
+    }
+}
+
+impl ExperimentConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let cfg: ExperimentConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Cross-field checks the types cannot express.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            bail!("`name` must be a plain directory name, got {:?}", self.name);
+        }
+        if self.repeats == 0 {
+            bail!("`repeats` must be at least 1");
+        }
+        if self.models.is_empty() || self.pairs.is_empty() || self.prompts.is_empty() {
+            bail!("a config needs at least one entry in each of [models], [[pairs]] and [[prompts]]");
+        }
+        for (name, m) in &self.models {
+            if name.contains(['|', '@', '/']) {
+                bail!("model name {name:?} must not contain '|', '@' or '/'");
+            }
+            self.backend_of(name).with_context(|| format!("[models.{name}]"))?;
+            if m.threads == Some(0) {
+                bail!("[models.{name}] threads must be at least 1");
+            }
+        }
+        self.backend.parse::<Backend>().map_err(|e| anyhow::anyhow!("`backend`: {e}"))?;
+        let mut labels = std::collections::BTreeSet::new();
+        for (i, p) in self.pairs.iter().enumerate() {
+            let at = format!("[[pairs]] #{} ({})", i + 1, p.label());
+            if !self.models.contains_key(&p.target) {
+                bail!("{at}: target {:?} is not in [models]", p.target);
+            }
+            match (p.proposer(), &p.draft) {
+                (ProposerKind::Draft, None) => bail!("{at}: proposer \"draft\" needs `draft = \"<model>\"`"),
+                (ProposerKind::Draft, Some(d)) if !self.models.contains_key(d) => bail!("{at}: draft {d:?} is not in [models]"),
+                (ProposerKind::Ngram | ProposerKind::LayerSkip, Some(_)) => bail!("{at}: `draft` implies proposer \"draft\""),
+                (ProposerKind::LayerSkip, None) if p.draft_layers.unwrap_or(0) == 0 => {
+                    bail!("{at}: proposer \"layer-skip\" needs `draft_layers` ≥ 1")
+                }
+                _ => {}
+            }
+            if p.schedule == ScheduleKind::Confidence && p.proposer() == ProposerKind::Ngram {
+                bail!("{at}: the confidence schedule needs a model proposer (draft or layer-skip)");
+            }
+            if p.ngram == Some(0) || p.max_k == Some(0) {
+                bail!("{at}: `ngram` and `max_k` must be at least 1");
+            }
+            if !labels.insert(p.label()) {
+                bail!("{at}: two pairs share the label {:?}; give one a `name`", p.label());
+            }
+        }
+        let g = &self.grid;
+        if g.k.is_empty() || g.temperature.is_empty() || g.top_p.is_empty() || g.top_k.is_empty() || g.max_new_tokens.is_empty() {
+            bail!("[grid]: every axis needs at least one value");
+        }
+        if g.k.contains(&0) || g.max_new_tokens.contains(&0) {
+            bail!("[grid]: `k` and `max_new_tokens` values must be at least 1");
+        }
+        if g.temperature.iter().any(|t| !(t.is_finite() && *t >= 0.0)) || g.top_p.iter().any(|p| !(*p > 0.0 && *p <= 1.0)) {
+            bail!("[grid]: temperatures must be ≥ 0 and top_p in (0, 1]");
+        }
+        Ok(())
+    }
+
+    pub fn backend_of(&self, model: &str) -> Result<Backend> {
+        let name = self.models.get(model).and_then(|m| m.backend.as_deref()).unwrap_or(&self.backend);
+        name.parse::<Backend>().map_err(|e| anyhow::anyhow!("backend: {e}"))
+    }
+
+    /// Loads every prompt set, resolving file paths against `base` and its ancestors.
+    pub fn load_prompts(&self, base: &Path) -> Result<Vec<PromptSet>> {
+        let mut sets = Vec::new();
+        for entry in &self.prompts {
+            let path = find_upwards(base, &entry.file)
+                .with_context(|| format!("prompt file {} not found from {} or its parents", entry.file.display(), base.display()))?;
+            let name = entry.name.clone().unwrap_or_else(|| entry.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            let mut prompts = read_prompts(&path)?;
+            if let Some(limit) = entry.limit {
+                prompts.truncate(limit);
+            }
+            if prompts.is_empty() {
+                bail!("prompt set {name:?} ({}) has no prompts", path.display());
+            }
+            if sets.iter().any(|s: &PromptSet| s.name == name) {
+                bail!("two prompt sets are named {name:?}; give one a `name`");
+            }
+            sets.push(PromptSet { name, chat: entry.chat, system: entry.system.clone(), prompts });
+        }
+        Ok(sets)
+    }
+}
+
+/// Reads a JSONL prompt file; a bad line is an error naming the file and line.
+pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut prompts: Vec<Prompt> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: Prompt = serde_json::from_str(line).with_context(|| format!("{}:{}: not a prompt object", path.display(), i + 1))?;
+        if prompts.iter().any(|q| q.id == p.id) {
+            bail!("{}:{}: duplicate prompt id {:?}", path.display(), i + 1, p.id);
+        }
+        prompts.push(p);
+    }
+    Ok(prompts)
+}
+
+fn find_upwards(base: &Path, rel: &Path) -> Option<PathBuf> {
+    if rel.is_absolute() {
+        return rel.is_file().then(|| rel.to_path_buf());
+    }
+    let base = base.canonicalize().ok()?;
+    base.ancestors().map(|dir| dir.join(rel)).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+name = "t"
+[models.a]
+source = "a.gguf"
+[[pairs]]
+target = "a"
+proposer = "ngram"
+[grid]
+k = [2]
+temperature = [0.0]
+max_new_tokens = [8]
+[[prompts]]
+file = "p.jsonl"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = ExperimentConfig::parse(MINIMAL).unwrap();
+        assert_eq!((c.repeats, c.warmup, c.grid.top_p.clone(), c.grid.top_k.clone()), (1, 1, vec![1.0], vec![0]));
+        assert_eq!(c.pairs[0].label(), "ngram3→a");
+        // The resolved config round-trips through TOML.
+        let again = ExperimentConfig::parse(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(again.to_toml().unwrap(), c.to_toml().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_line() {
+        let e = ExperimentConfig::parse(&MINIMAL.replace("max_new_tokens = [8]", "max_new_tokens = [8]\nkk = 3")).unwrap_err().to_string();
+        assert!(e.contains("kk") && e.contains("line 12"), "{e}");
+        let e = ExperimentConfig::parse(&MINIMAL.replace("k = [2]", "k = \"two\"")).unwrap_err().to_string();
+        assert!(e.contains("line 9") && e.contains("sequence"), "{e}");
+    }
+
+    #[test]
+    fn cross_references_are_checked() {
+        let e = ExperimentConfig::parse(&MINIMAL.replace("proposer = \"ngram\"", "draft = \"b\"")).unwrap_err().to_string();
+        assert!(e.contains("\"b\" is not in [models]"), "{e}");
+        let e = ExperimentConfig::parse(&MINIMAL.replace("proposer = \"ngram\"", "proposer = \"layer-skip\"")).unwrap_err().to_string();
+        assert!(e.contains("draft_layers"), "{e}");
+        let e = ExperimentConfig::parse(&MINIMAL.replace("k = [2]", "k = [0]")).unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
+}

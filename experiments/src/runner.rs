@@ -1,0 +1,563 @@
+//! `specdec run`: executes an experiment grid with fair baselines and writes a run directory.
+//!
+//! The unit of work is a *group*: one prompt, one repeat, one sampling setting. Within a group the
+//! runner measures every target-only baseline, every draft-only baseline and every speculative
+//! cell (pair × k) back to back in one process, so a speedup always compares generations of the
+//! same prompt made minutes apart on the same machine. Shards (`--shard I/N`) take whole groups,
+//! which makes every shard self-contained and N merged shards equal to one unsharded run.
+
+use crate::backend::Backend;
+use crate::config::{ExperimentConfig, PromptSet, ProposerKind};
+use crate::proposers::check_vocabularies;
+use crate::records::{Kind, Record, RecordLog};
+use anyhow::{bail, Context, Result};
+use engine::generate::{generate, positions_needed, GenerationConfig};
+use engine::model::{CausalLm, KvCache, LayerSkip, LogitRows, ModelConfig};
+use engine::sampling::{Logits, SamplingParams};
+use engine::speculative::{generate_speculative, SpecConfig, SpecMetrics};
+use engine::tokenizer::{ChatMessage, Tokenizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct RunOptions {
+    /// Parent of `<experiment>/<run-id>/` (default `results`).
+    pub out: PathBuf,
+    pub shard: Option<Shard>,
+    pub quiet: bool,
+}
+
+/// A deterministic slice of the grid's groups: those whose index ≡ `index − 1` (mod `count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 2/8")?;
+        let (index, count): (usize, usize) = (i.parse().map_err(|_| "I is not a number")?, n.parse().map_err(|_| "N is not a number")?);
+        if count == 0 || index == 0 || index > count {
+            return Err(format!("shard {index}/{count}: need 1 ≤ I ≤ N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Written once at the start of a run (and amended on resume).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub experiment: String,
+    pub run_id: String,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    pub engine_version: String,
+    pub backend: String,
+    pub threads: usize,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub hostname: String,
+    pub start_time: String,
+    pub command: Vec<String>,
+    pub shard: Option<Shard>,
+    pub models: BTreeMap<String, ModelManifest>,
+    #[serde(default)]
+    pub resumed: Vec<String>,
+    /// For merged runs: the shard directories combined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelManifest {
+    pub source: String,
+    pub backend: String,
+    pub threads: usize,
+    pub architecture: String,
+    pub files: Vec<FileHash>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileHash {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A model whose every forward pass runs on its own thread pool (models may use different
+/// thread counts in one experiment; the pool is also where Burn's CPU backends do their work).
+struct Pooled {
+    model: Box<dyn CausalLm>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl CausalLm for Pooled {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> engine::Result<Logits> {
+        self.pool.install(|| self.model.forward(tokens, cache, rows))
+    }
+    fn new_cache(&self, capacity: usize) -> engine::Result<KvCache> {
+        self.model.new_cache(capacity)
+    }
+    fn new_partial_cache(&self, capacity: usize, layers: usize) -> engine::Result<KvCache> {
+        self.model.new_partial_cache(capacity, layers)
+    }
+    fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+}
+
+struct Loaded {
+    model: Pooled,
+    tokenizer: Tokenizer,
+}
+
+/// One measured generation to make.
+#[derive(Debug, Clone)]
+struct Job {
+    kind: Kind,
+    /// Index into `cfg.pairs` (spec jobs).
+    pair: Option<usize>,
+    /// Target model name (baselines: the model that decodes; `target@L` for layer-skip drafts).
+    model: String,
+    k: usize,
+    cell: String,
+    key: String,
+}
+
+/// One prompt under one sampling setting and repeat, with everything measured on it.
+#[derive(Debug, Clone)]
+struct Group {
+    set: usize,
+    prompt: usize,
+    repeat: usize,
+    sampling: SamplingParams,
+    max_new_tokens: usize,
+    jobs: Vec<Job>,
+}
+
+/// Every group of the experiment, in a canonical order that does not depend on the shard.
+fn plan(cfg: &ExperimentConfig, sets: &[PromptSet]) -> Vec<Group> {
+    let targets: Vec<&str> = dedup(cfg.pairs.iter().map(|p| p.target.as_str()));
+    let drafts: Vec<String> = if cfg.baselines.draft { dedup(cfg.pairs.iter().filter_map(|p| p.draft_model_label())) } else { vec![] };
+    let g = &cfg.grid;
+    let mut groups = Vec::new();
+    for (si, set) in sets.iter().enumerate() {
+        for (pi, prompt) in set.prompts.iter().enumerate() {
+            for repeat in 0..cfg.repeats {
+                for &t in &g.temperature {
+                    for &top_p in &g.top_p {
+                        for &top_k in &g.top_k {
+                            for &max_new in &g.max_new_tokens {
+                                let sampling = SamplingParams { temperature: t, top_k, top_p };
+                                let sampling_key = format!("{}|T={t}|top_p={top_p}|top_k={top_k}|n={max_new}", set.name);
+                                let record_key = |cell: &str| format!("{cell}|{}/{}|r{repeat}", set.name, prompt.id);
+                                let mut jobs = Vec::new();
+                                for m in &targets {
+                                    let cell = format!("target:{m}|{sampling_key}");
+                                    jobs.push(Job { kind: Kind::Target, pair: None, model: m.to_string(), k: 0, key: record_key(&cell), cell });
+                                }
+                                for m in &drafts {
+                                    let cell = format!("draft:{m}|{sampling_key}");
+                                    jobs.push(Job { kind: Kind::Draft, pair: None, model: m.to_string(), k: 0, key: record_key(&cell), cell });
+                                }
+                                for (i, pair) in cfg.pairs.iter().enumerate() {
+                                    for &k in &g.k {
+                                        let cell = format!("spec:{}|{}|k={k}|{sampling_key}", pair.label(), pair.schedule);
+                                        jobs.push(Job { kind: Kind::Spec, pair: Some(i), model: pair.target.clone(), k, key: record_key(&cell), cell });
+                                    }
+                                }
+                                groups.push(Group { set: si, prompt: pi, repeat, sampling, max_new_tokens: max_new, jobs });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    groups
+}
+
+fn dedup<T: PartialEq, I: IntoIterator<Item = T>>(items: I) -> Vec<T> {
+    let mut out = Vec::new();
+    for x in items {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// Deterministic per-(set, prompt, repeat) seed: FNV-1a over the names, mixed with the base seed.
+fn seed_for(base: u64, set: &str, prompt: &str, repeat: usize) -> u64 {
+    let mut h = 0xcbf29ce484222325u64 ^ base.wrapping_mul(0x9E3779B97F4A7C15);
+    for b in set.bytes().chain([0]).chain(prompt.bytes()).chain([0]).chain((repeat as u64).to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Starts a new run of `config_path`; returns its directory.
+pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
+    let cfg = ExperimentConfig::from_file(config_path)?;
+    let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let sets = cfg.load_prompts(base)?;
+    let mut run_id = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    if let Some(s) = opts.shard {
+        run_id.push_str(&format!("-shard{}of{}", s.index, s.count));
+    }
+    // Two runs started in the same second get distinct ids.
+    let base_id = run_id.clone();
+    let mut n = 1;
+    while opts.out.join(&cfg.name).join(&run_id).exists() {
+        n += 1;
+        run_id = format!("{base_id}-{n}");
+    }
+    let dir = opts.out.join(&cfg.name).join(&run_id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("config.toml"), cfg.to_toml()?)?;
+    std::fs::write(dir.join("prompts.json"), serde_json::to_string_pretty(&sets)?)?;
+    if let Err(e) = execute(&dir, cfg, sets, opts.shard, opts.quiet, None, run_id) {
+        // A run that failed before recording anything (a missing model, an incompatible pair)
+        // leaves no directory behind; otherwise the directory is kept for --resume.
+        let recorded = std::fs::metadata(dir.join("records.jsonl")).map_or(0, |m| m.len());
+        if recorded == 0 {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            eprintln!("the run stopped; its records are kept in {} (continue with --resume)", dir.display());
+        }
+        return Err(e);
+    }
+    Ok(dir)
+}
+
+/// Continues a run from its directory: same config, prompts and shard; finished keys are skipped.
+pub fn resume(dir: &Path, quiet: bool) -> Result<PathBuf> {
+    let cfg = ExperimentConfig::from_file(&dir.join("config.toml"))?;
+    let sets: Vec<PromptSet> = serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).with_context(|| format!("reading {}/prompts.json", dir.display()))?)?;
+    let manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).with_context(|| format!("reading {}/manifest.json", dir.display()))?)?;
+    let run_id = manifest.run_id.clone();
+    execute(dir, cfg, sets, manifest.shard, quiet, Some(manifest), run_id)?;
+    Ok(dir.to_path_buf())
+}
+
+fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Option<Shard>, quiet: bool, previous: Option<Manifest>, run_id: String) -> Result<()> {
+    let mut log = RecordLog::open(dir)?;
+    let groups: Vec<Group> = plan(&cfg, &sets)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| shard.is_none_or(|s| i % s.count == s.index - 1))
+        .map(|(_, g)| g)
+        .collect();
+    let total: usize = groups.iter().map(|g| g.jobs.len()).sum();
+    let todo: usize = groups.iter().flat_map(|g| &g.jobs).filter(|j| !log.is_done(&j.key)).count();
+    if !quiet {
+        eprintln!("{}: {} generations in this run ({} already recorded) → {}", cfg.name, total, total - todo, dir.display());
+    }
+
+    // Load every model the pairs use, each on its backend and thread pool.
+    let default_threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut used: Vec<&str> = dedup(cfg.pairs.iter().map(|p| p.target.as_str()));
+    used.extend(dedup(cfg.pairs.iter().filter_map(|p| p.draft.as_deref())).into_iter().filter(|d| !cfg.pairs.iter().any(|p| p.target == *d)));
+    let mut models: HashMap<String, Loaded> = HashMap::new();
+    let mut manifest_models = BTreeMap::new();
+    let mut pools: HashMap<usize, Arc<rayon::ThreadPool>> = HashMap::new();
+    for name in dedup(used) {
+        let entry = &cfg.models[name];
+        let backend: Backend = cfg.backend_of(name)?;
+        let threads = entry.threads.unwrap_or(default_threads);
+        let pool = match pools.get(&threads) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?);
+                pools.insert(threads, p.clone());
+                p
+            }
+        };
+        let device = backend.device()?;
+        if !quiet {
+            eprintln!("loading {name} ({}) on {backend} with {threads} threads", entry.source);
+        }
+        let loaded = pool
+            .install(|| engine::load_model(&entry.source, &device))
+            .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
+        let files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
+        manifest_models.insert(
+            name.to_string(),
+            ModelManifest { source: entry.source.clone(), backend: backend.to_string(), threads, architecture: loaded.model.config().name.clone(), files },
+        );
+        models.insert(name.to_string(), Loaded { model: Pooled { model: loaded.model, pool }, tokenizer: loaded.tokenizer });
+    }
+    for pair in &cfg.pairs {
+        if let Some(d) = &pair.draft {
+            check_vocabularies(&models[d].tokenizer, d, &models[&pair.target].tokenizer, &pair.target)?;
+        }
+    }
+    let layer_skips: HashMap<String, LayerSkip<'_>> = cfg
+        .pairs
+        .iter()
+        .filter(|p| p.proposer() == ProposerKind::LayerSkip)
+        .map(|p| {
+            let layers = p.draft_layers.unwrap_or(0);
+            Ok((format!("{}@{layers}", p.target), LayerSkip::new(&models[&p.target].model, layers)?))
+        })
+        .collect::<Result<_>>()?;
+    let draft_of = |label: &str| -> &dyn CausalLm {
+        match layer_skips.get(label) {
+            Some(l) => l,
+            None => &models[label].model,
+        }
+    };
+
+    let manifest = match previous {
+        Some(mut m) => {
+            m.resumed.push(now());
+            m
+        }
+        None => Manifest {
+            experiment: cfg.name.clone(),
+            run_id,
+            git_commit: git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+            git_dirty: git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()),
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            backend: cfg.backend.clone(),
+            threads: default_threads,
+            cpu_model: cpu_model(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            hostname: std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default(),
+            start_time: now(),
+            command: std::env::args().collect(),
+            shard,
+            models: manifest_models,
+            resumed: vec![],
+            merged_from: vec![],
+        },
+    };
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+
+    // Prompt ids per (model, set, prompt), rendered with that model's template.
+    let mut encoded: HashMap<(String, usize, usize), Vec<u32>> = HashMap::new();
+    let mut encode = |model: &str, set: usize, prompt: usize| -> Result<Vec<u32>> {
+        let key = (model.to_string(), set, prompt);
+        if let Some(ids) = encoded.get(&key) {
+            return Ok(ids.clone());
+        }
+        let tok = &models[model.split('@').next().unwrap_or(model)].tokenizer;
+        let ids = encode_prompt(tok, &sets[set], prompt).with_context(|| format!("encoding prompt {}/{} for {model}", sets[set].name, sets[set].prompts[prompt].id))?;
+        encoded.insert(key, ids.clone());
+        Ok(ids)
+    };
+
+    // Warmup: each model and each pair generates a few unrecorded times before measurements.
+    if todo > 0 && cfg.warmup > 0 {
+        let g = groups.iter().find(|g| g.jobs.iter().any(|j| !log.is_done(&j.key))).expect("work left");
+        let mut seen = std::collections::HashSet::new();
+        for job in &g.jobs {
+            let what = if job.kind == Kind::Spec { job.cell.split('|').next().unwrap_or("").to_string() } else { job.model.clone() };
+            if !seen.insert(what.clone()) {
+                continue;
+            }
+            if !quiet {
+                eprintln!("warmup: {what}");
+            }
+            for w in 0..cfg.warmup {
+                let mut short = g.clone();
+                short.max_new_tokens = g.max_new_tokens.min(16);
+                run_job(&cfg, &sets, &short, job, &models, &draft_of, &mut encode, w as u64)?;
+            }
+        }
+    }
+
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(todo as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise} / ETA {eta}] {wide_bar} {pos}/{len}\n  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    for g in &groups {
+        for job in &g.jobs {
+            if log.is_done(&job.key) {
+                continue;
+            }
+            bar.set_message(format!("{} · {}/{}", job.cell, sets[g.set].name, sets[g.set].prompts[g.prompt].id));
+            let seed = seed_for(cfg.seed, &sets[g.set].name, &sets[g.set].prompts[g.prompt].id, g.repeat);
+            let record = run_job(&cfg, &sets, g, job, &models, &draft_of, &mut encode, seed)?;
+            log.append(&record)?;
+            bar.inc(1);
+            let live = if record.kind == Kind::Spec { format!("α̂ {:.2} τ {:.2} · ", record.alpha, record.tau) } else { String::new() };
+            bar.println_if(!quiet, format!("{} {}{:.1} tok/s", record.key, live, record.decode_tok_s));
+        }
+    }
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!("{} records in {}", log.done_count(), dir.join("records.jsonl").display());
+    }
+    Ok(())
+}
+
+trait PrintIf {
+    fn println_if(&self, on: bool, line: String);
+}
+
+impl PrintIf for ProgressBar {
+    fn println_if(&self, on: bool, line: String) {
+        if on && self.is_hidden() {
+            eprintln!("{line}");
+        } else if on {
+            self.println(line);
+        }
+    }
+}
+
+/// Runs one job and returns its record.
+#[allow(clippy::too_many_arguments)]
+fn run_job<'m>(
+    cfg: &ExperimentConfig,
+    sets: &[PromptSet],
+    g: &Group,
+    job: &Job,
+    models: &HashMap<String, Loaded>,
+    draft_of: &dyn Fn(&str) -> &'m dyn CausalLm,
+    encode: &mut dyn FnMut(&str, usize, usize) -> Result<Vec<u32>>,
+    seed: u64,
+) -> Result<Record> {
+    let set = &sets[g.set];
+    let prompt = &set.prompts[g.prompt];
+    let gen = GenerationConfig { max_new_tokens: g.max_new_tokens, sampling: g.sampling, seed, stop_at_eos: !cfg.ignore_eos };
+    let base_model = job.model.split('@').next().unwrap_or(&job.model);
+    let ids = encode(base_model, g.set, g.prompt)?;
+    let eos = models[base_model].tokenizer.eos_ids().to_vec();
+    let (generation, metrics, pair_label, draft_label, proposer, schedule) = match job.kind {
+        Kind::Target | Kind::Draft => {
+            let model: &dyn CausalLm = if job.kind == Kind::Target { &models[&job.model].model } else { draft_of(&job.model) };
+            (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default(), String::new(), String::new(), String::new(), String::new())
+        }
+        Kind::Spec => {
+            let pair = &cfg.pairs[job.pair.expect("spec jobs name their pair")];
+            let spec = pair.spec();
+            let draft: Option<&dyn CausalLm> = pair.draft_model_label().map(|l| draft_of(&l));
+            let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
+            let mut proposer = spec.build(draft, capacity)?;
+            let target = &models[&pair.target].model;
+            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k) };
+            let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
+            let draft_label = pair.draft_model_label().unwrap_or_default();
+            (out.generation, out.metrics, pair.label(), draft_label, pair.proposer().to_string(), pair.schedule.to_string())
+        }
+    };
+    let text = models[base_model].tokenizer.decode(&generation.tokens)?;
+    Ok(Record {
+        key: job.key.clone(),
+        cell: job.cell.clone(),
+        kind: job.kind,
+        pair: pair_label,
+        model: job.model.clone(),
+        draft: draft_label,
+        proposer,
+        schedule,
+        k: job.k,
+        temperature: g.sampling.temperature,
+        top_p: g.sampling.top_p,
+        top_k: g.sampling.top_k,
+        max_new_tokens: g.max_new_tokens,
+        prompt_set: set.name.clone(),
+        prompt_id: prompt.id.clone(),
+        category: prompt.category.clone(),
+        repeat: g.repeat,
+        seed,
+        prompt_tokens: generation.prompt_tokens,
+        new_tokens: generation.tokens.len(),
+        stop: format!("{:?}", generation.stop).to_lowercase(),
+        prefill_s: generation.prefill_s,
+        decode_s: generation.decode_s,
+        prefill_tok_s: generation.prefill_tok_s(),
+        decode_tok_s: generation.decode_tok_s(),
+        drafted: metrics.drafted,
+        accepted: metrics.accepted,
+        iterations: metrics.iterations,
+        emitted: metrics.emitted,
+        alpha: metrics.alpha(),
+        tau: metrics.tau(),
+        position_tested: metrics.position_tested,
+        position_accepted: metrics.position_accepted,
+        draft_s: metrics.draft_s,
+        verify_s: metrics.verify_s,
+        overhead_s: metrics.overhead_s,
+        draft_steps: metrics.draft_steps,
+        tokens: generation.tokens,
+        text,
+    })
+}
+
+/// Prompt ids for a prompt of a set: plain text, or the chat template over its messages (or over
+/// a single user turn with the prompt).
+pub fn encode_prompt(tok: &Tokenizer, set: &PromptSet, index: usize) -> Result<Vec<u32>> {
+    let p = &set.prompts[index];
+    if !set.chat {
+        return Ok(tok.encode(&p.prompt, true)?);
+    }
+    let mut messages = Vec::new();
+    if let Some(system) = &set.system {
+        messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+    }
+    match &p.messages {
+        Some(m) => messages.extend(m.iter().cloned()),
+        None => messages.push(ChatMessage { role: "user".into(), content: p.prompt.clone() }),
+    }
+    Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?)
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// sha256 of a model's files (a GGUF file, or the weights/config/tokenizer of an HF directory).
+fn hash_files(path: &Path) -> Result<Vec<FileHash>> {
+    use sha2::Digest;
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors" || x == "json"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|p| {
+            let mut f = std::fs::File::open(&p).with_context(|| format!("hashing {}", p.display()))?;
+            let mut h = sha2::Sha256::new();
+            let bytes = std::io::copy(&mut f, &mut h)?;
+            Ok(FileHash { path: p.display().to_string(), bytes, sha256: format!("{:x}", h.finalize()) })
+        })
+        .collect()
+}
+
+/// Record keys of a config's whole grid (all shards), for merge checks.
+pub fn planned_keys(cfg: &ExperimentConfig, sets: &[PromptSet]) -> Vec<String> {
+    plan(cfg, sets).into_iter().flat_map(|g| g.jobs.into_iter().map(|j| j.key)).collect()
+}

@@ -1,0 +1,249 @@
+//! `specdec run` end to end on the tiny fixture models: record counts, summaries and plots, a run
+//! killed mid-way and resumed (every record exactly once), shards merged == one unsharded run, and
+//! clear errors for bad configs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn specdec(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_specdec")).args(args).output().expect("run specdec")
+}
+
+fn tiny(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/tiny").join(name).canonicalize().unwrap().to_string_lossy().into_owned()
+}
+
+/// A fresh directory with a prompt file and a config over the tiny Llama pair.
+fn workspace(test: &str, extra: &str, grid: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("specdec-runner-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts: String = (0..4).map(|i| format!("{{\"id\": \"p{i}\", \"category\": \"code\", \"prompt\": \"abc {i} hello hello\"}}\n")).collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    let config = format!(
+        r#"name = "tiny"
+warmup = 1
+ignore_eos = true
+threads = 1
+{extra}
+[models.target]
+source = "{}"
+[models.draft]
+source = "{}"
+[[pairs]]
+target = "target"
+draft = "draft"
+[[pairs]]
+target = "target"
+proposer = "ngram"
+[grid]
+{grid}
+[[prompts]]
+file = "prompts.jsonl"
+chat = false
+"#,
+        tiny("llama.gguf"),
+        tiny("llama-draft.gguf")
+    );
+    std::fs::write(dir.join("tiny.toml"), config).unwrap();
+    dir
+}
+
+fn run_dirs(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("tiny")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn by_key(dir: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    for r in records(dir) {
+        let key = r["key"].as_str().unwrap().to_string();
+        assert!(m.insert(key.clone(), r).is_none(), "record {key} appears twice in {}", dir.display());
+    }
+    m
+}
+
+#[test]
+fn run_writes_every_record_summary_plot_and_report() {
+    let ws = workspace("full", "repeats = 2", "k = [1, 3]\ntemperature = [0.0, 0.9]\nmax_new_tokens = [10]");
+    let out = ws.join("results");
+    let o = specdec(&["run", ws.join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = &run_dirs(&out)[0];
+    // 4 prompts × 2 repeats × 2 temperatures = 16 groups, each: target, draft, 2 pairs × 2 k.
+    let recs = by_key(dir);
+    assert_eq!(recs.len(), 16 * 6);
+    for f in ["config.toml", "prompts.json", "manifest.json", "summary.json", "summary.csv", "report.md", "speedup_vs_k.svg", "per_position_acceptance.svg", "measured_vs_predicted.svg"] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["models"]["target"]["files"][0]["sha256"].as_str().unwrap().len(), 64);
+    let summary: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary.len(), 2 + 2 + 2 * 2 * 2, "target and draft baselines per temperature, spec cells per pair × k × T");
+    for cell in summary.iter().filter(|c| c["kind"] == "spec") {
+        assert_eq!(cell["records"], 8);
+        assert!(cell["speedup"]["mean"].as_f64().unwrap() > 0.0);
+        assert!(cell["speedup"]["ci_low"].as_f64().is_some(), "8 paired generations give a CI");
+        if cell["temperature"] == 0.0 {
+            assert_eq!(cell["greedy_identical"], cell["greedy_compared"], "greedy speculative must equal target-only: {cell}");
+        }
+        let alpha = cell["alpha"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&alpha));
+    }
+    // Every generation emitted exactly max_new_tokens (ignore_eos), baselines included.
+    assert!(recs.values().all(|r| r["new_tokens"] == 10));
+    // The summary table is printed, and summarize/export reproduce it from the records alone.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| spec | draft→target (fixed) |"));
+    let before = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    std::fs::remove_file(dir.join("summary.csv")).unwrap();
+    assert!(specdec(&["summarize", dir.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(dir.join("summary.csv")).unwrap(), before);
+    let exports = ws.join("exports");
+    let o = specdec(&["export", dir.to_str().unwrap(), "--to", exports.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    assert_eq!(files.len(), 3);
+    let gens = std::fs::read_to_string(&files[0]).unwrap();
+    assert_eq!(gens.lines().count(), 1 + 16 * 6, "header plus one row per generation");
+}
+
+#[test]
+fn killed_runs_resume_to_every_record_exactly_once() {
+    // Big enough to be killed mid-way (a few seconds on the tiny models).
+    let ws = workspace("resume", "repeats = 12", "k = [1, 2, 4]\ntemperature = [0.0, 1.0]\nmax_new_tokens = [48]");
+    let out = ws.join("results");
+    let expected = 4 * 12 * 2 * (2 + 2 * 3);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_specdec"))
+        .args(["run", ws.join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once some records exist.
+    let start = Instant::now();
+    let dir = loop {
+        if let Some(d) = run_dirs(&out).first().filter(|d| std::fs::read_to_string(d.join("records.jsonl")).map_or(0, |s| s.lines().count()) >= 20) {
+            break d.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the run produced no records");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = std::fs::read_to_string(dir.join("records.jsonl")).unwrap().lines().count();
+    // Simulate a kill in the middle of a write as well: half a record at the end.
+    let mut text = std::fs::read_to_string(dir.join("records.jsonl")).unwrap();
+    text.push_str("{\"key\": \"spec:cut-off");
+    std::fs::write(dir.join("records.jsonl"), text).unwrap();
+
+    // Resume, kill again, and resume to the end.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_specdec"))
+        .args(["run", "--resume", dir.to_str().unwrap(), "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(dir.join("records.jsonl")).map_or(0, |s| s.lines().count()) < partial + 20 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = specdec(&["run", "--resume", dir.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = by_key(&dir);
+    assert_eq!(recs.len(), expected, "every planned generation exactly once after kills ({partial} before the first resume)");
+    assert!(partial < expected, "the first kill came before the end");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["resumed"].as_array().unwrap().len(), 2);
+
+    // Records are deterministic: an uninterrupted run gives the same tokens for every key.
+    let fresh = ws.join("fresh");
+    let o = specdec(&["run", ws.join("tiny.toml").to_str().unwrap(), "--out", fresh.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success());
+    let reference = by_key(&run_dirs(&fresh)[0]);
+    for (k, r) in &reference {
+        assert_eq!(r["tokens"], recs[k]["tokens"], "{k}");
+    }
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_record_set() {
+    let ws = workspace("shard", "repeats = 1", "k = [2]\ntemperature = [0.0, 0.7]\nmax_new_tokens = [8]");
+    let config = ws.join("tiny.toml");
+    let whole = ws.join("whole");
+    assert!(specdec(&["run", config.to_str().unwrap(), "--out", whole.to_str().unwrap(), "--quiet"]).status.success());
+    let shards = ws.join("shards");
+    for i in 1..=3 {
+        let o = specdec(&["run", config.to_str().unwrap(), "--out", shards.to_str().unwrap(), "--shard", &format!("{i}/3"), "--quiet"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let dirs = run_dirs(&shards);
+    assert_eq!(dirs.len(), 3);
+    let sizes: Vec<usize> = dirs.iter().map(|d| records(d).len()).collect();
+    // 8 groups over 3 shards: 3 + 3 + 2 groups of 4 generations each.
+    assert_eq!(sizes.iter().sum::<usize>(), 32);
+    assert!(sizes.iter().all(|&n| n > 0 && n % 4 == 0), "shards take whole groups (baselines with their spec cells): {sizes:?}");
+    let merged = ws.join("merged");
+    let mut args = vec!["merge".to_string()];
+    args.extend(dirs.iter().map(|d| d.to_string_lossy().into_owned()));
+    args.extend(["--out".into(), merged.to_string_lossy().into_owned()]);
+    let o = specdec(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (by_key(&run_dirs(&whole)[0]), by_key(&merged));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, r) in &a {
+        assert_eq!(r["tokens"], b[k]["tokens"], "{k}");
+    }
+    assert!(merged.join("summary.json").is_file() && merged.join("report.md").is_file());
+    // Shards of different configs do not merge.
+    let other = workspace("shard-other", "repeats = 1", "k = [3]\ntemperature = [0.0]\nmax_new_tokens = [8]");
+    let other_out = other.join("out");
+    assert!(specdec(&["run", other.join("tiny.toml").to_str().unwrap(), "--out", other_out.to_str().unwrap(), "--quiet"]).status.success());
+    let o = specdec(&["merge", dirs[0].to_str().unwrap(), run_dirs(&other_out)[0].to_str().unwrap(), "--out", ws.join("bad").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different config"));
+}
+
+#[test]
+fn bad_configs_fail_clearly_and_keep_records() {
+    let ws = workspace("bad", "repeats = 1", "k = [2]\ntemperature = [0.0]\nmax_new_tokens = [8]");
+    let cfg = std::fs::read_to_string(ws.join("tiny.toml")).unwrap();
+    let run = |text: &str| {
+        std::fs::write(ws.join("bad.toml"), text).unwrap();
+        let o = specdec(&["run", ws.join("bad.toml").to_str().unwrap(), "--out", ws.join("out").to_str().unwrap(), "--quiet"]);
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!e.contains("panicked"), "{e}");
+        e
+    };
+    let e = run(&cfg.replace("warmup = 1", "warmup = 1\nrepeat = 3"));
+    assert!(e.contains("unknown field `repeat`") && e.contains("line 3"), "{e}");
+    let e = run(&cfg.replace("threads = 1", "threads = \"one\""));
+    assert!(e.contains("line 4") && e.contains("threads"), "{e}");
+    let e = run(&cfg.replace("draft = \"draft\"", "draft = \"nope\""));
+    assert!(e.contains("\"nope\" is not in [models]"), "{e}");
+    let e = run(&cfg.replace(&tiny("llama-draft.gguf"), "/nonexistent/model.gguf"));
+    assert!(e.contains("loading model `draft`") && e.contains("/nonexistent/model.gguf"), "{e}");
+    // (Pairs with different vocabularies are refused by the check `generate` uses too: tests/cli.rs.)
+    let e = run(&cfg.replace("file = \"prompts.jsonl\"", "file = \"missing.jsonl\""));
+    assert!(e.contains("missing.jsonl"), "{e}");
+
+    // A context overflow mid-run stops the run with a clear message; earlier records stay.
+    let long: String = "{\"id\": \"short\", \"prompt\": \"abc\"}\n".to_string() + &format!("{{\"id\": \"long\", \"prompt\": \"{}\"}}\n", "x".repeat(5000));
+    std::fs::write(ws.join("prompts.jsonl"), long).unwrap();
+    let out = ws.join("overflow");
+    let o = specdec(&["run", ws.join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("context") && !e.contains("panicked"), "{e}");
+    let kept: HashMap<String, serde_json::Value> = by_key(&run_dirs(&out)[0]).into_iter().collect();
+    assert_eq!(kept.len(), 4, "the short prompt's generations were recorded before the failure");
+}
