@@ -85,6 +85,9 @@ struct RunArgs {
     /// No progress bar or per-generation lines (the summary table is still printed).
     #[arg(long)]
     quiet: bool,
+    /// Threads for models that do not set their own (overrides the config's `threads`).
+    #[arg(long, conflicts_with = "resume")]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -531,7 +534,10 @@ fn load_draft(spec: &str, target_spec: &str, target: &engine::tokenizer::Tokeniz
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {
-    let opts = runner::RunOptions { out: args.out, shard: args.shard, quiet: args.quiet };
+    if args.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    let opts = runner::RunOptions { out: args.out, shard: args.shard, quiet: args.quiet, threads: args.threads };
     let dir = match (&args.resume, &args.config) {
         (Some(dir), _) => runner::resume(dir, args.quiet)?,
         (None, Some(config)) => runner::run_new(config, &opts)?,

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub out: PathBuf,
     pub shard: Option<Shard>,
     pub quiet: bool,
+    /// Overrides the config's default thread count (e.g. from a cluster allocation).
+    pub threads: Option<usize>,
 }
 
 /// A deterministic slice of the grid's groups: those whose index ≡ `index − 1` (mod `count`).
@@ -209,7 +211,10 @@ fn seed_for(base: u64, set: &str, prompt: &str, repeat: usize) -> u64 {
 
 /// Starts a new run of `config_path`; returns its directory.
 pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
-    let cfg = ExperimentConfig::from_file(config_path)?;
+    let mut cfg = ExperimentConfig::from_file(config_path)?;
+    if opts.threads.is_some() {
+        cfg.threads = opts.threads;
+    }
     let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let sets = cfg.load_prompts(base)?;
     let mut run_id = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();

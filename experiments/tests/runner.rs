@@ -247,3 +247,30 @@ fn bad_configs_fail_clearly_and_keep_records() {
     let kept: HashMap<String, serde_json::Value> = by_key(&run_dirs(&out)[0]).into_iter().collect();
     assert_eq!(kept.len(), 4, "the short prompt's generations were recorded before the failure");
 }
+
+#[test]
+fn slurm_array_scripts_shard_resume_and_merge() {
+    let ws = workspace("slurm", "repeats = 1", "k = [2]\ntemperature = [0.0]\nmax_new_tokens = [6]");
+    let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slurm");
+    let sbatch = |script: &str, args: &[&str], env: &[(&str, &str)]| {
+        let o = Command::new("bash")
+            .arg(scripts.join(script))
+            .args(args)
+            .current_dir(&ws)
+            .env("SPECDEC_BIN", env!("CARGO_BIN_EXE_specdec"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    for task in ["1", "2"] {
+        let env = [("SLURM_ARRAY_TASK_ID", task), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_MAX", "2"), ("SLURM_ARRAY_JOB_ID", "77"), ("SLURM_CPUS_PER_TASK", "1")];
+        sbatch("specdec-array.sbatch", &["tiny.toml"], &env);
+        // A requeued task resumes its shard instead of starting a second one.
+        sbatch("specdec-array.sbatch", &["tiny.toml"], &env);
+    }
+    assert_eq!(run_dirs(&ws.join("results/shards/77")).len(), 2);
+    sbatch("specdec-merge.sbatch", &["77", "tiny"], &[]);
+    let merged = by_key(&ws.join("results/tiny/merged-77"));
+    assert_eq!(merged.len(), 4 * 4, "4 prompts × (target, draft, 2 pairs)");
+}
