@@ -31,6 +31,15 @@ fn lines(cells: &[CellSummary]) -> BTreeMap<String, Vec<&CellSummary>> {
     out
 }
 
+/// k and positions are integers: label only the integer ticks.
+fn integer_ticks(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round())
+    } else {
+        String::new()
+    }
+}
+
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e:?}")
 }
@@ -69,7 +78,14 @@ fn speedup_vs_k(lines: &BTreeMap<String, Vec<&CellSummary>>, path: &Path) -> Res
         .y_label_area_size(55)
         .build_cartesian_2d((kmin - 0.5)..(kmax + 0.5), ymin..ymax)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("k (drafted tokens per verification)").y_desc("speedup vs target-only").draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels((kmax - kmin) as usize * 2 + 3)
+        .x_label_formatter(&integer_ticks)
+        .x_desc("k (drafted tokens per verification)")
+        .y_desc("speedup vs target-only")
+        .draw()
+        .map_err(err)?;
     chart.draw_series(LineSeries::new([(kmin - 0.5, 1.0), (kmax + 0.5, 1.0)], BLACK.mix(0.4))).map_err(err)?;
     for (i, (label, cs)) in lines.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -105,7 +121,14 @@ fn per_position(lines: &BTreeMap<String, Vec<&CellSummary>>, path: &Path) -> Res
         .y_label_area_size(55)
         .build_cartesian_2d(0.5..(positions as f64 + 0.5), 0.0..1.05)
         .map_err(err)?;
-    chart.configure_mesh().x_desc("draft position i").y_desc("acceptance rate").draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_labels(positions * 2 + 1)
+        .x_label_formatter(&integer_ticks)
+        .x_desc("draft position i")
+        .y_desc("acceptance rate")
+        .draw()
+        .map_err(err)?;
     for (i, (label, c)) in longest.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let pts: Vec<(f64, f64)> = c.per_position.iter().enumerate().filter(|(_, a)| a.is_finite()).map(|(j, &a)| ((j + 1) as f64, a)).collect();
@@ -116,7 +139,7 @@ fn per_position(lines: &BTreeMap<String, Vec<&CellSummary>>, path: &Path) -> Res
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(err)?;
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.3)).position(SeriesLabelPosition::LowerLeft).draw().map_err(err)?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.3)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }

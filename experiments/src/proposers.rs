@@ -36,6 +36,23 @@ impl ProposerSpec {
         }
     }
 
+    /// The parameters that matter for this proposer and schedule, for records.
+    pub fn params(&self) -> String {
+        let mut p = Vec::new();
+        if self.kind == ProposerKind::Ngram {
+            p.push(format!("ngram={}", self.ngram));
+        }
+        if let Some(c) = self.confidence() {
+            p.push(format!("confidence={c}"));
+        }
+        match self.schedule {
+            ScheduleKind::Heuristic => p.push(format!("max_k={}", self.max_k)),
+            ScheduleKind::Optimal => p.push(format!("max_k={},cost_ratio={}", self.max_k, self.cost_ratio)),
+            _ => {}
+        }
+        p.join(",")
+    }
+
     fn confidence(&self) -> Option<f32> {
         match self.schedule {
             ScheduleKind::Confidence => Some(self.confidence.unwrap_or(DEFAULT_CONFIDENCE)),

@@ -38,6 +38,9 @@ pub struct Record {
     pub draft: String,
     pub proposer: String,
     pub schedule: String,
+    /// The proposer's and schedule's parameters, e.g. `ngram=3` or `max_k=8,cost_ratio=0.35`.
+    #[serde(default)]
+    pub params: String,
     /// Grid k (0 for baselines).
     pub k: usize,
     pub temperature: f32,

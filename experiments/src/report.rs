@@ -76,7 +76,7 @@ pub fn export(dir: &Path, to: &Path) -> Result<Vec<PathBuf>> {
 
     let mut w = csv::Writer::from_path(&gens)?;
     w.write_record([
-        "experiment", "run_id", "key", "cell", "kind", "pair", "model", "draft", "proposer", "schedule", "k", "temperature", "top_p", "top_k",
+        "experiment", "run_id", "key", "cell", "kind", "pair", "model", "draft", "proposer", "schedule", "params", "k", "temperature", "top_p", "top_k",
         "max_new_tokens", "prompt_set", "prompt_id", "category", "repeat", "seed", "prompt_tokens", "new_tokens", "stop", "prefill_s",
         "decode_s", "prefill_tok_s", "decode_tok_s", "drafted", "accepted", "iterations", "emitted", "alpha", "tau", "draft_s",
         "verify_s", "overhead_s", "draft_steps",
@@ -93,6 +93,7 @@ pub fn export(dir: &Path, to: &Path) -> Result<Vec<PathBuf>> {
             r.draft.clone(),
             r.proposer.clone(),
             r.schedule.clone(),
+            r.params.clone(),
             r.k.to_string(),
             r.temperature.to_string(),
             r.top_p.to_string(),

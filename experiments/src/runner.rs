@@ -10,7 +10,7 @@ use crate::backend::Backend;
 use crate::config::{ExperimentConfig, PromptSet, ProposerKind};
 use crate::proposers::check_vocabularies;
 use crate::records::{Kind, Record, RecordLog};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use engine::generate::{generate, positions_needed, GenerationConfig};
 use engine::model::{CausalLm, KvCache, LayerSkip, LogitRows, ModelConfig};
 use engine::sampling::{Logits, SamplingParams};
@@ -442,10 +442,10 @@ fn run_job<'m>(
     let base_model = job.model.split('@').next().unwrap_or(&job.model);
     let ids = encode(base_model, g.set, g.prompt)?;
     let eos = models[base_model].tokenizer.eos_ids().to_vec();
-    let (generation, metrics, pair_label, draft_label, proposer, schedule) = match job.kind {
+    let (generation, metrics, pair_label, draft_label, proposer, schedule, params) = match job.kind {
         Kind::Target | Kind::Draft => {
             let model: &dyn CausalLm = if job.kind == Kind::Target { &models[&job.model].model } else { draft_of(&job.model) };
-            (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default(), String::new(), String::new(), String::new(), String::new())
+            (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default(), String::new(), String::new(), String::new(), String::new(), String::new())
         }
         Kind::Spec => {
             let pair = &cfg.pairs[job.pair.expect("spec jobs name their pair")];
@@ -457,7 +457,7 @@ fn run_job<'m>(
             let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k) };
             let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
             let draft_label = pair.draft_model_label().unwrap_or_default();
-            (out.generation, out.metrics, pair.label(), draft_label, pair.proposer().to_string(), pair.schedule.to_string())
+            (out.generation, out.metrics, pair.label(), draft_label, pair.proposer().to_string(), pair.schedule.to_string(), spec.params())
         }
     };
     let text = models[base_model].tokenizer.decode(&generation.tokens)?;
@@ -470,6 +470,7 @@ fn run_job<'m>(
         draft: draft_label,
         proposer,
         schedule,
+        params,
         k: job.k,
         temperature: g.sampling.temperature,
         top_p: g.sampling.top_p,
