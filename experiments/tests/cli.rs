@@ -183,6 +183,8 @@ fn every_proposer_and_schedule_reproduces_greedy_target_only_output() {
         vec!["--draft", draft.as_str(), "--schedule", "heuristic", "--k", "1", "--max-k", "6"],
         vec!["--draft", draft.as_str(), "--schedule", "optimal", "--max-k", "6", "--cost-ratio", "0.2"],
         vec!["--draft", draft.as_str(), "--confidence", "0.2"],
+        vec!["--draft", draft.as_str(), "--schedule", "confidence", "--k", "5"],
+        vec!["--proposer", "layer-skip", "--draft-layers", "1", "--schedule", "confidence", "--confidence", "0.6"],
         vec!["--proposer", "ngram", "--ngram", "2"],
         vec!["--proposer", "ngram", "--schedule", "heuristic"],
         vec!["--proposer", "layer-skip", "--draft-layers", "1"],
@@ -195,6 +197,9 @@ fn every_proposer_and_schedule_reproduces_greedy_target_only_output() {
     let o = specdec(&["generate", "--model", &model, "--prompt", "x", "--proposer", "draft"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--draft"), "{}", stderr(&o));
+    let o = specdec(&["generate", "--model", &model, "--prompt", "x", "--proposer", "ngram", "--schedule", "confidence"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("model proposer"), "{}", stderr(&o));
 }
 
 #[test]
