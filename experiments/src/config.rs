@@ -172,6 +172,12 @@ pub struct Prompt {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<engine::tokenizer::ChatMessage>>,
+    /// Reference answer, where the task has one (translation, QA, math, long-context).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Words a good answer contains (for quality checks; not used for timing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
 }
 
 /// A prompt set with its prompts loaded.
@@ -356,6 +362,15 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
         if prompts.iter().any(|q| q.id == p.id) {
             bail!("{}:{}: duplicate prompt id {:?}", path.display(), i + 1, p.id);
         }
+        if p.id.is_empty() || p.prompt.trim().is_empty() {
+            bail!("{}:{}: `id` and `prompt` must not be empty", path.display(), i + 1);
+        }
+        if let Some(m) = &p.messages {
+            // The last turn is the one the model answers; `prompt` repeats it for plain-text runs.
+            if m.last().map(|t| (t.role.as_str(), t.content.as_str())) != Some(("user", p.prompt.as_str())) {
+                bail!("{}:{}: `messages` must end with a user turn equal to `prompt`", path.display(), i + 1);
+            }
+        }
         prompts.push(p);
     }
     Ok(prompts)
@@ -404,6 +419,30 @@ file = "p.jsonl"
         assert!(e.contains("kk") && e.contains("line 12"), "{e}");
         let e = ExperimentConfig::parse(&MINIMAL.replace("k = [2]", "k = \"two\"")).unwrap_err().to_string();
         assert!(e.contains("line 9") && e.contains("sequence"), "{e}");
+    }
+
+    /// Every shipped config parses and finds its prompts; every shipped prompt set is well formed.
+    #[test]
+    fn shipped_configs_and_prompt_sets_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut configs = 0;
+        for entry in std::fs::read_dir(root.join("experiments/configs")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = ExperimentConfig::from_file(&path).unwrap();
+                c.load_prompts(path.parent().unwrap()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                configs += 1;
+            }
+        }
+        assert!(configs >= 5, "found {configs} configs");
+        let categories = ["translation", "summarization", "qa", "math", "long-context", "multi-turn", "code"];
+        for cat in categories {
+            let prompts = read_prompts(&root.join(format!("notebooks-data/prompts/{cat}.jsonl"))).unwrap();
+            assert!(prompts.len() >= 8, "{cat}: {} prompts", prompts.len());
+            assert!(prompts.iter().all(|p| p.category == cat), "{cat}: category field");
+        }
+        let multi = read_prompts(&root.join("notebooks-data/prompts/multi-turn.jsonl")).unwrap();
+        assert!(multi.iter().all(|p| p.messages.as_ref().is_some_and(|m| m.len() >= 3)));
     }
 
     #[test]
