@@ -8,11 +8,18 @@ mod common;
 use burn::tensor::Device;
 use common::{fixtures, read_json, real_model};
 use engine::generate::{generate, GenerationConfig};
+use engine::model::quantized::{with_kernel_mode, KernelMode};
 use engine::model::LogitRows;
 
 const NEAR_TIE: f64 = 0.5;
-/// Both sides run the same dequantized f32 weights; differences come from summation order only (measured ≤ 4e-5).
-const LOGIT_TOL: f64 = 1e-3;
+/// Exact kernels (f32 activations): both sides multiply the same dequantized weights; differences
+/// come from summation order only (measured ≤ 4e-5).
+const EXACT_TOL: f64 = 1e-3;
+/// Default Q8 kernels (activations rounded to 8 bits per block of 32, as llama.cpp does): the
+/// rounding moves top-20 logits by up to 1.06 on SmolLM2 (whose activations have large outliers;
+/// 0.15 of it from the LM head alone) and 0.14 on Qwen2.5-Coder, measured. Greedy output still
+/// agrees up to near-ties. `SPECDEC_KERNELS=exact` gives the EXACT_TOL agreement.
+const Q8_TOL: f64 = 1.5;
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
@@ -23,10 +30,11 @@ fn cases(j: &serde_json::Value) -> Vec<serde_json::Value> {
     list.as_array().expect("reference cases").clone()
 }
 
-fn check_against_reference(short_name: &str, fixture: &str) {
+fn check_against_reference(short_name: &str, fixture: &str, mode: KernelMode) {
     let Some(path) = real_model(short_name) else { return };
     let device = Device::flex();
-    let loaded = engine::load_files(engine::source::ModelFiles::Gguf(path), &device).unwrap();
+    let loaded = with_kernel_mode(mode, || engine::load_files(engine::source::ModelFiles::Gguf(path), &device)).unwrap();
+    let tol = if mode == KernelMode::Q8 { Q8_TOL } else { EXACT_TOL };
     let reference = read_json(&fixtures().join("real").join(fixture));
     let mut exact = 0;
     let mut worst_logit = 0f64;
@@ -56,7 +64,7 @@ fn check_against_reference(short_name: &str, fixture: &str) {
             .map(|pair| (logits.last()[pair[0].as_u64().unwrap() as usize] as f64 - pair[1].as_f64().unwrap()).abs())
             .fold(0.0, f64::max);
         worst_logit = worst_logit.max(worst);
-        assert!(worst < LOGIT_TOL, "{short_name}: {text:?}: top-20 logits differ from transformers by {worst}");
+        assert!(worst < tol, "{short_name} ({mode:?}): {text:?}: top-20 logits differ from transformers by {worst}");
         let cfg = GenerationConfig { max_new_tokens: want.len(), stop_at_eos: false, ..Default::default() };
         let got = generate(loaded.model.as_ref(), &prompt_ids, &[], &cfg, |_| {}).unwrap().tokens;
         let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -80,22 +88,25 @@ fn check_against_reference(short_name: &str, fixture: &str) {
         }
     }
     eprintln!(
-        "{short_name}: {exact}/{} continuations identical for all tokens; max |Δlogit| (top 20) = {worst_logit:.2e}",
+        "{short_name} ({mode:?} kernels): {exact}/{} continuations identical for all tokens; max |Δlogit| (top 20) = {worst_logit:.2e}",
         cases.len()
     );
 }
 
 #[test]
 fn smollm2_greedy_matches_transformers() {
-    check_against_reference("smollm2-135m", "smollm2-135m.json");
+    check_against_reference("smollm2-135m", "smollm2-135m.json", KernelMode::Q8);
+    check_against_reference("smollm2-135m", "smollm2-135m.json", KernelMode::Exact);
 }
 
 #[test]
 fn qwen_coder_05b_greedy_matches_transformers() {
-    check_against_reference("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b.json");
+    check_against_reference("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b.json", KernelMode::Q8);
+    check_against_reference("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b.json", KernelMode::Exact);
 }
 
 #[test]
 fn qwen_coder_15b_greedy_matches_transformers() {
-    check_against_reference("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b.json");
+    check_against_reference("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b.json", KernelMode::Q8);
+    check_against_reference("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b.json", KernelMode::Exact);
 }

@@ -11,6 +11,7 @@
 mod quant;
 
 pub use quant::{dequantize, GgmlType};
+pub(crate) use quant::scale_min_k4;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -137,7 +138,7 @@ impl TensorInfo {
 /// An opened, memory-mapped GGUF file.
 pub struct Gguf {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: std::sync::Arc<Mmap>,
     pub version: u32,
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
@@ -310,7 +311,7 @@ impl Gguf {
                 return Err(bad(format!("duplicate tensor `{}`", t.name)));
             }
         }
-        Ok(Gguf { path, mmap, version, metadata, tensors, by_name, data_start: data_start as usize })
+        Ok(Gguf { path, mmap: std::sync::Arc::new(mmap), version, metadata, tensors, by_name, data_start: data_start as usize })
     }
 
     pub fn path(&self) -> &Path {
@@ -365,6 +366,13 @@ impl Gguf {
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
         let start = self.data_start + info.offset as usize;
         &self.mmap[start..start + info.n_bytes()]
+    }
+
+    /// A tensor's bytes as a shared range of the map, which outlives this `Gguf` (weights kept
+    /// in their quantization point into the file instead of copying it).
+    pub fn tensor_bytes_shared(&self, info: &TensorInfo) -> crate::model::quantized::TensorBytes {
+        let start = self.data_start + info.offset as usize;
+        crate::model::quantized::TensorBytes::Mapped { map: self.mmap.clone(), start, len: info.n_bytes() }
     }
 
     /// Dequantize a tensor to f32, row-major (slowest axis first).

@@ -90,7 +90,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Unpack the 6-bit (scale, min) pair `j` of a Q4_K/Q5_K block's 12 packed scale bytes.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {

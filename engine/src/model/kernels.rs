@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 /// Multiply-adds below which a product runs on the calling thread.
-const PARALLEL_MIN_WORK: usize = 1 << 19;
+const PARALLEL_MIN_WORK: usize = 1 << 17;
 
 /// Dot product with a fixed accumulation order (two 8-lane accumulators over 16-element steps, 8-lane
 /// steps into the first, a fixed reduction, then the scalar tail), vectorised where the CPU allows.
@@ -45,7 +45,7 @@ pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
@@ -123,36 +123,50 @@ unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
 
 /// y = x·Wᵀ for x: [rows, inp] and W: [out, inp] (row-major), into y: [rows, out].
 pub fn matmul_wt(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
-    assert_eq!(x.len(), rows * inp);
     assert_eq!(w.len(), out * inp);
+    matmul_rows(x, rows, inp, out, |first, buf| buf.copy_from_slice(&w[first * inp..first * inp + buf.len()]))
+}
+
+/// y = x·Wᵀ where `weight_rows(j, buf)` writes weight rows j, j+1, … (as many as `buf` holds, at
+/// most four) into `buf`: plain f32 matrices copy them, quantized ones dequantize them. Each group
+/// of four rows is produced once and reused for every activation row, so verifying k+1 tokens
+/// reads the weights once.
+pub fn matmul_rows<F>(x: &[f32], rows: usize, inp: usize, out: usize, weight_rows: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    assert_eq!(x.len(), rows * inp);
     let mut y = vec![0f32; rows * out];
     // Column-major scratch per chunk of output columns, transposed into y afterwards.
     const COLS: usize = 64;
-    let column_block = |wc: &[f32]| -> Vec<f32> {
-            let n = wc.len() / inp;
-            let mut part = vec![0f32; n * rows];
-            let wrows: Vec<&[f32]> = wc.chunks_exact(inp).collect();
-            let quads = n / 4 * 4;
-            for j in (0..quads).step_by(4) {
-                let quad = [wrows[j], wrows[j + 1], wrows[j + 2], wrows[j + 3]];
-                for (r, xrow) in x.chunks_exact(inp).enumerate() {
-                    for (t, v) in dot4(xrow, quad).into_iter().enumerate() {
+    let column_block = |c: usize| -> Vec<f32> {
+        let (first, n) = (c * COLS, COLS.min(out - c * COLS));
+        let mut part = vec![0f32; n * rows];
+        let mut buf = vec![0f32; 4 * inp];
+        for j in (0..n).step_by(4) {
+            let m = 4.min(n - j);
+            weight_rows(first + j, &mut buf[..m * inp]);
+            let wr: Vec<&[f32]> = buf[..m * inp].chunks_exact(inp).collect();
+            for (r, xrow) in x.chunks_exact(inp).enumerate() {
+                if m == 4 {
+                    for (t, v) in dot4(xrow, [wr[0], wr[1], wr[2], wr[3]]).into_iter().enumerate() {
                         part[(j + t) * rows + r] = v;
+                    }
+                } else {
+                    for (t, w) in wr.iter().enumerate() {
+                        part[(j + t) * rows + r] = dot(xrow, w);
                     }
                 }
             }
-            for j in quads..n {
-                for (r, xrow) in x.chunks_exact(inp).enumerate() {
-                    part[j * rows + r] = dot(xrow, wrows[j]);
-                }
-            }
-            part
-        };
+        }
+        part
+    };
     // Small products are not worth waking the thread pool for; the split never changes a sum.
+    let chunks = out.div_ceil(COLS);
     let cols: Vec<Vec<f32>> = if rows * out * inp < PARALLEL_MIN_WORK {
-        w.chunks(COLS * inp).map(column_block).collect()
+        (0..chunks).map(column_block).collect()
     } else {
-        w.par_chunks(COLS * inp).map(column_block).collect()
+        (0..chunks).into_par_iter().map(column_block).collect()
     };
     for (c, part) in cols.iter().enumerate() {
         let n = part.len() / rows;
@@ -160,6 +174,29 @@ pub fn matmul_wt(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> V
             for r in 0..rows {
                 y[r * out + c * COLS + j] = part[j * rows + r];
             }
+        }
+    }
+    y
+}
+
+/// y[r, j] for x rows r < `rows` and output columns j < `out`, where `f(j, column)` fills
+/// column j (one value per row); columns are split over threads like [`matmul_rows`] (`work` =
+/// multiply-adds, to decide whether threads are worth waking).
+pub fn by_column<F>(rows: usize, out: usize, work: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    const COLS: usize = 16;
+    let mut yt = vec![0f32; out * rows];
+    if work < PARALLEL_MIN_WORK {
+        yt.chunks_mut(rows).enumerate().for_each(|(j, col)| f(j, col));
+    } else {
+        yt.par_chunks_mut(rows).with_min_len(COLS).enumerate().for_each(|(j, col)| f(j, col));
+    }
+    let mut y = vec![0f32; rows * out];
+    for (j, col) in yt.chunks_exact(rows).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * out + j] = v;
         }
     }
     y

@@ -6,6 +6,8 @@
 
 pub mod kernels;
 mod llama;
+pub mod q8;
+pub mod quantized;
 mod weights;
 
 pub use llama::Llama;
@@ -288,10 +290,18 @@ fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
 }
 
 /// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
-/// multiplied by the batch-invariant kernels of [`kernels`]; elsewhere it is a Burn tensor.
+/// multiplied by the batch-invariant kernels of [`kernels`] — in its GGUF quantization when it has
+/// one ([`quantized`]); elsewhere it is a Burn tensor.
 enum Matrix {
     Device(Tensor<2>),
     Host { data: Vec<f32>, out: usize, inp: usize, device: Device },
+    Quant { w: quantized::QuantMatrix, device: Device },
+}
+
+/// A weight matrix as read from its source, before it is placed on a device.
+pub enum MatrixData {
+    F32(Vec<f32>),
+    Packed(quantized::QuantMatrix),
 }
 
 /// Whether dense layers use the host kernels: true for Burn's CPU backends (flex, ndarray).
@@ -302,11 +312,17 @@ fn uses_host_kernels(device: &Device) -> bool {
 }
 
 impl Matrix {
-    fn new(values: Vec<f32>, out: usize, inp: usize, device: &Device) -> Self {
-        if uses_host_kernels(device) {
-            Matrix::Host { data: values, out, inp, device: device.clone() }
-        } else {
-            Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), device))
+    fn new(data: MatrixData, out: usize, inp: usize, device: &Device) -> Self {
+        match (data, uses_host_kernels(device)) {
+            (MatrixData::Packed(w), true) => Matrix::Quant { w, device: device.clone() },
+            (MatrixData::F32(values), true) => Matrix::Host { data: values, out, inp, device: device.clone() },
+            (data, false) => {
+                let values = match data {
+                    MatrixData::F32(values) => values,
+                    MatrixData::Packed(w) => w.to_f32(),
+                };
+                Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), device))
+            }
         }
     }
 
@@ -314,6 +330,7 @@ impl Matrix {
         match self {
             Matrix::Device(w) => w.dims()[0],
             Matrix::Host { out, .. } => *out,
+            Matrix::Quant { w, .. } => w.out(),
         }
     }
 
@@ -326,6 +343,11 @@ impl Matrix {
                 let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("activations are f32");
                 let y = kernels::matmul_wt(&xs, data, rows, *inp, *out);
                 Tensor::from_data(TensorData::new(y, [rows, *out]), device)
+            }
+            Matrix::Quant { w, device } => {
+                let rows = x.dims()[0];
+                let xs = x.into_data().convert::<f32>().try_into_vec::<f32>().expect("activations are f32");
+                Tensor::from_data(TensorData::new(w.matmul_t(&xs, rows), [rows, w.out()]), device)
             }
         }
     }
@@ -342,6 +364,7 @@ impl Matrix {
                 let rows: Vec<f32> = ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect();
                 Tensor::from_data(TensorData::new(rows, [ids.len(), *inp]), device)
             }
+            Matrix::Quant { w, device } => Tensor::from_data(TensorData::new(w.gather_rows(ids), [ids.len(), w.inp()]), device),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! each source maps those names to its own storage and dequantizes to f32.
 
 use crate::error::{Error, Result};
+use super::quantized::QuantMatrix;
+use super::MatrixData;
 use crate::gguf::Gguf;
 use burn::tensor::{Device, Tensor, TensorData};
 use std::path::Path;
@@ -13,6 +15,17 @@ pub trait WeightSource {
 
     /// The tensor as row-major f32 values and its shape, or `None` when absent.
     fn load_f32(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>>;
+
+    /// The matrix `name` in its stored block format, when the source keeps one the kernels can
+    /// multiply directly; `None` sends the caller to [`load_f32`](Self::load_f32).
+    fn load_packed(&self, _name: &str) -> Result<Option<(QuantMatrix, Vec<usize>)>> {
+        Ok(None)
+    }
+}
+
+/// Packed matrices stay packed unless the kernel mode asks for f32 weights.
+fn keep_packed() -> bool {
+    super::quantized::kernel_mode() != super::quantized::KernelMode::F32
 }
 
 impl WeightSource for Gguf {
@@ -25,6 +38,17 @@ impl WeightSource for Gguf {
             return Ok(None);
         }
         self.tensor_f32(name).map(Some)
+    }
+
+    fn load_packed(&self, name: &str) -> Result<Option<(QuantMatrix, Vec<usize>)>> {
+        let Some(info) = self.tensor_info(name) else { return Ok(None) };
+        let shape = info.shape();
+        if !QuantMatrix::supports(info.dtype) || shape.len() != 2 || !keep_packed() {
+            return Ok(None);
+        }
+        let w = QuantMatrix::new(info.dtype, self.tensor_bytes_shared(info), shape[0], shape[1])
+            .map_err(|problem| Error::Gguf { path: self.path().to_path_buf(), problem: format!("tensor `{name}`: {problem}") })?;
+        Ok(Some((w, shape)))
     }
 }
 
@@ -73,9 +97,15 @@ pub(crate) fn load_matrix_opt(
     inp: usize,
     device: &Device,
 ) -> Result<Option<super::Matrix>> {
-    let Some((values, found)) = src.load_f32(name)? else { return Ok(None) };
+    let (data, found) = match src.load_packed(name)? {
+        Some((w, shape)) => (MatrixData::Packed(w), shape),
+        None => match src.load_f32(name)? {
+            Some((values, shape)) => (MatrixData::F32(values), shape),
+            None => return Ok(None),
+        },
+    };
     if found != [out, inp] {
         return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: name.to_string(), expected: vec![out, inp], found });
     }
-    Ok(Some(super::Matrix::new(values, out, inp, device)))
+    Ok(Some(super::Matrix::new(data, out, inp, device)))
 }

@@ -1,0 +1,524 @@
+//! Weight matrices kept in their GGUF block format (Q4_0 … Q6_K, F16) and multiplied without an
+//! f32 copy of the model: the bytes stay in the file's memory map, and each product dequantizes a
+//! few weight rows at a time into a small cache-resident buffer that every activation row reuses.
+//!
+//! Batch invariance, which greedy speculative == greedy target-only rests on, holds because a
+//! weight row is always dequantized by the same routine into the same f32 values, and those are
+//! multiplied by [`kernels::matmul_rows`]'s fixed-order dot products whatever the number of rows.
+
+use super::{kernels, q8};
+use crate::gguf::{dequantize, GgmlType};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How packed weight matrices are multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Activations quantized to 8 bits, integer dot products ([`q8`]); the default, as in llama.cpp.
+    Q8,
+    /// f32 activations times weights dequantized a few rows at a time (results match
+    /// dequantize-then-matmul to f32 rounding).
+    Exact,
+    /// Weights expanded to f32 when the model loads (the slowest and largest; for comparison).
+    F32,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(u8::MAX);
+
+thread_local! {
+    static SCOPED: std::cell::Cell<Option<KernelMode>> = const { std::cell::Cell::new(None) };
+}
+
+/// The kernel mode for matrices loaded now: a [`with_kernel_mode`] scope on this thread, else the
+/// process-wide mode.
+pub fn kernel_mode() -> KernelMode {
+    SCOPED.with(|m| m.get()).unwrap_or_else(process_kernel_mode)
+}
+
+/// Runs `f` (typically a model load) with `mode` for the matrices it creates on this thread; each
+/// matrix keeps the mode it was made with, so differently loaded models can run side by side.
+pub fn with_kernel_mode<T>(mode: KernelMode, f: impl FnOnce() -> T) -> T {
+    let before = SCOPED.with(|m| m.replace(Some(mode)));
+    let out = f();
+    SCOPED.with(|m| m.set(before));
+    out
+}
+
+/// The process-wide kernel mode: set by [`set_kernel_mode`], else from `SPECDEC_KERNELS`
+/// (`q8`, `exact` or `f32`; default `q8`). An unknown value falls back to `q8` with a warning.
+fn process_kernel_mode() -> KernelMode {
+    let decode = |v: u8| [KernelMode::Q8, KernelMode::Exact, KernelMode::F32][v as usize];
+    match MODE.load(Ordering::Relaxed) {
+        u8::MAX => {
+            let mode = match std::env::var("SPECDEC_KERNELS").as_deref() {
+                Ok("exact") => KernelMode::Exact,
+                Ok("f32") => KernelMode::F32,
+                Ok("q8") | Ok("") | Err(_) => KernelMode::Q8,
+                Ok(other) => {
+                    eprintln!("warning: SPECDEC_KERNELS={other:?} is not q8, exact or f32; using q8");
+                    KernelMode::Q8
+                }
+            };
+            let _ = MODE.compare_exchange(u8::MAX, mode as u8, Ordering::Relaxed, Ordering::Relaxed);
+            decode(MODE.load(Ordering::Relaxed))
+        }
+        v => decode(v),
+    }
+}
+
+/// Sets the process-wide kernel mode for models loaded afterwards (`F32` loads f32 weights).
+pub fn set_kernel_mode(mode: KernelMode) {
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
+use memmap2::Mmap;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// Bytes of a tensor: a range of a shared memory map (zero-copy) or an owned buffer.
+#[derive(Clone)]
+pub enum TensorBytes {
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+    Owned(Arc<[u8]>),
+}
+
+impl Deref for TensorBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            TensorBytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            TensorBytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// A [out, inp] matrix of GGML blocks, one row of `inp` values after another.
+#[derive(Clone)]
+pub struct QuantMatrix {
+    /// Chosen when the matrix is made ([`kernel_mode`]).
+    mode: KernelMode,
+    ty: GgmlType,
+    bytes: TensorBytes,
+    out: usize,
+    inp: usize,
+    row_bytes: usize,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantMatrix({} [{}, {}], {} bytes)", self.ty.name(), self.out, self.inp, self.bytes.len())
+    }
+}
+
+impl QuantMatrix {
+    /// Types multiplied in their stored form (every GGML type this engine reads but F32).
+    pub fn supports(ty: GgmlType) -> bool {
+        ty != GgmlType::F32
+    }
+
+    pub fn new(ty: GgmlType, bytes: TensorBytes, out: usize, inp: usize) -> Result<Self, String> {
+        if !Self::supports(ty) {
+            return Err(format!("{} is not a packed type", ty.name()));
+        }
+        if inp % ty.block_size() != 0 {
+            return Err(format!("rows of {inp} values do not split into {} blocks of {}", ty.name(), ty.block_size()));
+        }
+        let row_bytes = ty.bytes_for(inp);
+        if bytes.len() != out * row_bytes {
+            return Err(format!("{} bytes for a [{out}, {inp}] {} matrix, expected {}", bytes.len(), ty.name(), out * row_bytes));
+        }
+        Ok(QuantMatrix { mode: kernel_mode(), ty, bytes, out, inp, row_bytes })
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    pub fn inp(&self) -> usize {
+        self.inp
+    }
+
+    /// Bytes the weights occupy.
+    pub fn size_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Dequantizes rows `first..first + out.len() / inp` into `out`.
+    pub fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
+        let n = out.len() / self.inp;
+        let bytes = &self.bytes[first * self.row_bytes..(first + n) * self.row_bytes];
+        dequantize_fast(self.ty, bytes, out);
+    }
+
+    /// y = x·Wᵀ for x: [rows, inp], into [rows, out]: with 8-bit activations where the format
+    /// and CPU have the integer path and the matrix's kernel mode allows it, else with f32
+    /// activations.
+    pub fn matmul_t(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.matmul_t_with(self.mode, x, rows)
+    }
+
+    /// [`matmul_t`](Self::matmul_t) in a given mode (`F32` behaves as `Exact` here).
+    pub fn matmul_t_with(&self, mode: KernelMode, x: &[f32], rows: usize) -> Vec<f32> {
+        assert_eq!(x.len(), rows * self.inp);
+        if mode == KernelMode::Q8 && q8::handles(self.ty) && q8::available() {
+            let qx: Vec<q8::Q8Row> = x.chunks_exact(self.inp).map(q8::Q8Row::new).collect();
+            return kernels::by_column(rows, self.out, rows * self.out * self.inp, |j, y| {
+                let w = &self.bytes[j * self.row_bytes..(j + 1) * self.row_bytes];
+                // Up to four activation rows per pass over the weight row.
+                let mut r = 0;
+                while r < rows {
+                    let n = (rows - r).min(4);
+                    let ys = &mut y[r..r + n];
+                    match n {
+                        4 => ys.copy_from_slice(&q8::dot_rows(self.ty, w, [&qx[r], &qx[r + 1], &qx[r + 2], &qx[r + 3]])),
+                        3 => ys.copy_from_slice(&q8::dot_rows(self.ty, w, [&qx[r], &qx[r + 1], &qx[r + 2]])),
+                        2 => ys.copy_from_slice(&q8::dot_rows(self.ty, w, [&qx[r], &qx[r + 1]])),
+                        _ => ys[0] = q8::dot(self.ty, w, &qx[r]),
+                    }
+                    r += n;
+                }
+            });
+        }
+        kernels::matmul_rows(x, rows, self.inp, self.out, |first, buf| {
+            self.dequantize_rows(first, buf);
+        })
+    }
+
+    /// Rows `ids` of W as f32 (embedding lookup), [ids.len(), inp].
+    pub fn gather_rows(&self, ids: &[u32]) -> Vec<f32> {
+        let mut out = vec![0f32; ids.len() * self.inp];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(self.inp)) {
+            self.dequantize_rows(id as usize, row);
+        }
+        out
+    }
+
+    /// The whole matrix as f32 (for devices without these kernels).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.out * self.inp];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+}
+
+/// Dequantizes whole blocks with hand-written AVX2 code for the common formats when the CPU has
+/// it (chosen once per process), else with the reference [`dequantize`]. Both produce the same
+/// values bit for bit: the vector code does the reference's operations in the reference's order
+/// (no fused multiply-adds), so a row's weights never depend on the path.
+fn dequantize_fast(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::handles(ty) && *AVX2.get_or_init(avx2::available) {
+            // SAFETY: the CPU supports AVX2 (checked at run time); sizes were checked at construction.
+            unsafe { avx2::dequantize(ty, bytes, out) };
+            return;
+        }
+    }
+    dequantize(ty, bytes, out).expect("sizes were checked when the matrix was made");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use crate::gguf::GgmlType;
+    use std::arch::x86_64::*;
+
+    pub fn handles(ty: GgmlType) -> bool {
+        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+    }
+
+    /// The CPU features this module needs (x86-64 CPUs with AVX2 have F16C too, but check).
+    pub fn available() -> bool {
+        super::kernels::has_avx2_fma() && std::is_x86_feature_detected!("f16c")
+    }
+
+    /// The little-endian f16 at `b[i..i + 2]`, converted by the F16C instruction (exact, like
+    /// `half`'s conversion, without its per-call feature dispatch).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn f16_at(b: &[u8], i: usize) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32)))
+    }
+
+    /// Eight unsigned bytes (the low half of `v`) as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn u8x8(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    /// Eight signed bytes (the low half of `v`) as f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn i8x8(v: __m128i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+    }
+
+    /// Stores 32 bytes of `v` (unsigned or signed) as 32 f32 values, each times `d`, minus `m`
+    /// when given — `(q as f32) * d - m` in the reference's order.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn store32(v: __m256i, signed: bool, d: __m256, m: Option<__m256>, out: &mut [f32]) {
+        assert!(out.len() >= 32);
+        let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
+        for (h, half) in halves.into_iter().enumerate() {
+            for (e, bytes) in [half, _mm_srli_si128::<8>(half)].into_iter().enumerate() {
+                let q = if signed { i8x8(bytes) } else { u8x8(bytes) };
+                let mut y = _mm256_mul_ps(q, d);
+                if let Some(m) = m {
+                    y = _mm256_sub_ps(y, m);
+                }
+                // SAFETY: out holds at least 32 values (asserted above); offset + 8 <= 32.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8 * e), y) };
+            }
+        }
+    }
+
+    // Helpers are functions, not closures: closures do not inherit `target_feature`.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn load32(b: &[u8]) -> __m256i {
+        assert!(b.len() >= 32);
+        // SAFETY: 32 readable bytes (asserted).
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn load16(b: &[u8]) -> __m128i {
+        assert!(b.len() >= 16);
+        // SAFETY: 16 readable bytes (asserted).
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+    }
+
+    /// 16 packed bytes → 32 nibbles: the low nibbles (values 0..16), then the high ones.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn nibbles16(qs: __m128i) -> __m256i {
+        let lo = _mm_and_si128(qs, _mm_set1_epi8(0x0F));
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), _mm_set1_epi8(0x0F));
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// 16 where bit `k` of each byte of `qh` is set, else 0 (Q5_K's fifth bit).
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn fifth_bit(qh: __m256i, k: u32) -> __m256i {
+        let mask = _mm256_set1_epi8(1i8.wrapping_shl(k));
+        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask), _mm256_set1_epi8(16))
+    }
+
+    /// Q6_K's two high bits (shifted down into bits 0..2) moved to bits 4..6.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    fn six_high(h: __m256i) -> __m256i {
+        _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(3)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2; `bytes` must hold exactly the blocks of `out.len()` values.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+        let blocks = bytes.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(ty.block_size()));
+        let low4 = _mm256_set1_epi8(0x0F);
+        match ty {
+            GgmlType::Q4_0 => {
+                for (b, y) in blocks {
+                    let q = _mm256_sub_epi8(nibbles16(load16(&b[2..])), _mm256_set1_epi8(8));
+                    store32(q, true, _mm256_set1_ps(f16_at(b, 0)), None, y);
+                }
+            }
+            GgmlType::Q4_1 => {
+                for (b, y) in blocks {
+                    let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), _mm256_set1_ps(-f16_at(b, 2)));
+                    // q·d + m == q·d − (−m) exactly.
+                    store32(nibbles16(load16(&b[4..])), false, d, Some(m), y);
+                }
+            }
+            GgmlType::Q8_0 => {
+                for (b, y) in blocks {
+                    store32(load32(&b[2..]), true, _mm256_set1_ps(f16_at(b, 0)), None, y);
+                }
+            }
+            GgmlType::Q4K | GgmlType::Q5K => {
+                let five = ty == GgmlType::Q5K;
+                for (b, y) in blocks {
+                    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                    let scales = &b[4..16];
+                    let (qh, qs) = if five { (load32(&b[16..48]), &b[48..176]) } else { (_mm256_setzero_si256(), &b[16..144]) };
+                    for c in 0..4 {
+                        let ql = load32(&qs[32 * c..]);
+                        let mut lo = _mm256_and_si256(ql, low4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4);
+                        if five {
+                            // Bit 2c of qh adds 16 to the low nibbles, bit 2c + 1 to the high ones.
+                            lo = _mm256_add_epi8(lo, fifth_bit(qh, 2 * c as u32));
+                            hi = _mm256_add_epi8(hi, fifth_bit(qh, 2 * c as u32 + 1));
+                        }
+                        let (sc1, m1) = crate::gguf::scale_min_k4(2 * c, scales);
+                        let (sc2, m2) = crate::gguf::scale_min_k4(2 * c + 1, scales);
+                        let chunk = &mut y[64 * c..64 * c + 64];
+                        store32(lo, false, _mm256_set1_ps(d * sc1), Some(_mm256_set1_ps(dmin * m1)), &mut chunk[..32]);
+                        store32(hi, false, _mm256_set1_ps(d * sc2), Some(_mm256_set1_ps(dmin * m2)), &mut chunk[32..]);
+                    }
+                }
+            }
+            GgmlType::Q6K => {
+                let k32 = _mm256_set1_epi8(32);
+                for (b, y) in blocks {
+                    let d = f16_at(b, 208);
+                    for half in 0..2 {
+                        let ql_a = load32(&b[half * 64..]);
+                        let ql_b = load32(&b[half * 64 + 32..]);
+                        let qh = load32(&b[128 + half * 32..]);
+                        let sc = &b[192 + half * 8..192 + half * 8 + 8];
+                        let q = [
+                            _mm256_or_si256(_mm256_and_si256(ql_a, low4), six_high(qh)),
+                            _mm256_or_si256(_mm256_and_si256(ql_b, low4), six_high(_mm256_srli_epi16::<2>(qh))),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_a), low4), six_high(_mm256_srli_epi16::<4>(qh))),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_b), low4), six_high(_mm256_srli_epi16::<6>(qh))),
+                        ]
+                        ;
+                        let q = [_mm256_sub_epi8(q[0], k32), _mm256_sub_epi8(q[1], k32), _mm256_sub_epi8(q[2], k32), _mm256_sub_epi8(q[3], k32)];
+                        let chunk = &mut y[half * 128..half * 128 + 128];
+                        for (g, qg) in q.into_iter().enumerate() {
+                            // Values 0..16 of each group use scale 2g, values 16..32 scale 2g + 1.
+                            let (s0, s1) = (d * (sc[2 * g] as i8 as f32), d * (sc[2 * g + 1] as i8 as f32));
+                            let out = &mut chunk[32 * g..32 * g + 32];
+                            let lanes = [_mm256_castsi256_si128(qg), _mm256_extracti128_si256::<1>(qg)];
+                            for (h, (lane, s)) in lanes.into_iter().zip([s0, s1]).enumerate() {
+                                for (e, bytes) in [lane, _mm_srli_si128::<8>(lane)].into_iter().enumerate() {
+                                    let v = _mm256_mul_ps(i8x8(bytes), _mm256_set1_ps(s));
+                                    // SAFETY: out holds 32 values; 16h + 8e + 8 <= 32.
+                                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8 * e), v) };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => unreachable!("handles() gates the types"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgmlType::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Random but valid blocks: small f16 scales (so values stay finite), random quant bytes.
+    fn random_blocks(ty: GgmlType, n_values: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..ty.bytes_for(n_values)).map(|_| rng.random()).collect();
+        let scale = |rng: &mut rand_chacha::ChaCha8Rng| half::f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
+        let f16_at = |b: &mut [u8], at: usize, rng: &mut rand_chacha::ChaCha8Rng| b[at..at + 2].copy_from_slice(&scale(rng));
+        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+            match ty {
+                F16 => f16_at(block, 0, rng),
+                BF16 => block.copy_from_slice(&half::bf16::from_f32(rng.random_range(-1f32..1.0)).to_le_bytes()),
+                Q4_0 | Q5_0 | Q8_0 => f16_at(block, 0, rng),
+                Q4_1 | Q5_1 | Q4K | Q5K => {
+                    f16_at(block, 0, rng);
+                    f16_at(block, 2, rng);
+                }
+                Q6K => f16_at(block, 208, rng),
+                F32 => unreachable!(),
+            }
+        }
+        bytes
+    }
+
+    fn naive(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f64> {
+        let mut y = vec![0f64; rows * out];
+        for r in 0..rows {
+            for j in 0..out {
+                y[r * out + j] = (0..inp).map(|i| x[r * inp + i] as f64 * w[j * inp + i] as f64).sum();
+            }
+        }
+        y
+    }
+
+    /// Every packed type: the fused product equals dequantize-then-matmul, and a row's result is
+    /// bitwise the same alone and among others (sizes leave remainders in every loop).
+    #[test]
+    fn quantized_products_match_dequantized_and_are_row_invariant() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for ty in [F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K] {
+            let inp = if ty.block_size() == 256 { 512 } else { 96 };
+            let out = 70;
+            let bytes = random_blocks(ty, out * inp, &mut rng);
+            let w = QuantMatrix::new(ty, TensorBytes::Owned(bytes.clone().into()), out, inp).unwrap();
+            let mut reference = vec![0f32; out * inp];
+            dequantize(ty, &bytes, &mut reference).unwrap();
+            assert_eq!(w.to_f32(), reference, "{}: fast dequantization differs from the reference", ty.name());
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1f32..1.0)).collect();
+            let y = w.matmul_t_with(KernelMode::Exact, &x, rows);
+            let exact = naive(&x, &reference, rows, inp, out);
+            let scale = exact.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
+            for (a, b) in y.iter().zip(&exact) {
+                assert!(((*a as f64) - b).abs() <= 1e-5 * scale, "{}: {a} vs {b}", ty.name());
+            }
+            for r in 0..rows {
+                let alone = w.matmul_t_with(KernelMode::Exact, &x[r * inp..(r + 1) * inp], 1);
+                assert_eq!(&y[r * out..(r + 1) * out], &alone[..], "{}: row {r} depends on the batch", ty.name());
+            }
+            // Embedding lookup returns the dequantized rows.
+            assert_eq!(w.gather_rows(&[3, 0]), [&reference[3 * inp..4 * inp], &reference[..inp]].concat());
+        }
+    }
+
+    /// The integer path: equal to its definition (quantized activations, exact integer sums) to
+    /// f32 rounding, within the activation-rounding bound of the exact product, and row-invariant.
+    #[test]
+    fn q8_products_match_their_definition_and_are_row_invariant() {
+        if !q8::available() {
+            eprintln!("skipped: this CPU has no AVX2/FMA/F16C, so the Q8 path is never used");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K] {
+            let inp = if ty.block_size() == 256 { 768 } else { 160 };
+            let (out, rows) = (37, 7);
+            let bytes = random_blocks(ty, out * inp, &mut rng);
+            let w = QuantMatrix::new(ty, TensorBytes::Owned(bytes.clone().into()), out, inp).unwrap();
+            let reference = w.to_f32();
+            let x: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-2f32..2.0)).collect();
+            let y = w.matmul_t_with(KernelMode::Q8, &x, rows);
+            for r in 0..rows {
+                let xr = &x[r * inp..(r + 1) * inp];
+                let qx = q8::Q8Row::new(xr);
+                for j in 0..out {
+                    let wr = &reference[j * inp..(j + 1) * inp];
+                    let got = y[r * out + j] as f64;
+                    let magnitude: f64 = wr.iter().zip(xr).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+                    let def = q8::dot_reference(ty, &bytes[j * w.row_bytes..(j + 1) * w.row_bytes], &qx);
+                    assert!((got - def).abs() <= 1e-5 * magnitude.max(1.0), "{}: {got} vs definition {def}", ty.name());
+                    // |Σ w·(x − x̂)| ≤ Σ |w|·d/2 per block.
+                    let bound: f64 = wr
+                        .chunks(q8::QK)
+                        .zip(&qx.d)
+                        .map(|(wb, &d)| wb.iter().map(|v| v.abs() as f64).sum::<f64>() * d as f64 / 2.0)
+                        .sum();
+                    let exact: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    assert!((got - exact).abs() <= bound + 1e-5 * magnitude, "{}: {got} vs exact {exact} (bound {bound})", ty.name());
+                }
+                let alone = w.matmul_t_with(KernelMode::Q8, &x[r * inp..(r + 1) * inp], 1);
+                assert_eq!(&y[r * out..(r + 1) * out], &alone[..], "{}: row {r} depends on the batch", ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let bytes = TensorBytes::Owned(vec![0u8; 18 * 4].into());
+        assert!(QuantMatrix::new(Q4_0, bytes.clone(), 2, 64).is_ok());
+        assert!(QuantMatrix::new(Q4_0, bytes.clone(), 3, 64).unwrap_err().contains("expected"));
+        assert!(QuantMatrix::new(Q4_0, bytes.clone(), 4, 33).unwrap_err().contains("blocks"));
+        assert!(QuantMatrix::new(F32, bytes, 1, 18).is_err());
+    }
+}
