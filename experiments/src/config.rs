@@ -33,6 +33,11 @@ pub struct ExperimentConfig {
     /// Backend for models that do not set their own.
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// CPU kernels for quantized weights, for models that do not set their own: "q8" (8-bit
+    /// activations, integer dot products, as llama.cpp), "exact" (f32 activations) or "f32"
+    /// (weights expanded at load). They change speed, c and verification cost, so they are logged.
+    #[serde(default = "default_kernels")]
+    pub kernels: String,
     pub models: BTreeMap<String, ModelEntry>,
     pub pairs: Vec<PairEntry>,
     pub grid: Grid,
@@ -50,6 +55,8 @@ pub struct ModelEntry {
     pub backend: Option<String>,
     #[serde(default)]
     pub threads: Option<usize>,
+    #[serde(default)]
+    pub kernels: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -161,6 +168,20 @@ fn zero_usize() -> Vec<usize> {
 }
 fn default_backend() -> String {
     "flex".into()
+}
+fn default_kernels() -> String {
+    "q8".into()
+}
+
+/// Parses a kernel mode name as configs and `--kernels` spell it.
+pub fn parse_kernels(name: &str) -> Result<engine::model::quantized::KernelMode> {
+    use engine::model::quantized::KernelMode;
+    match name {
+        "q8" => Ok(KernelMode::Q8),
+        "exact" => Ok(KernelMode::Exact),
+        "f32" => Ok(KernelMode::F32),
+        other => bail!("kernels must be \"q8\", \"exact\" or \"f32\", got {other:?}"),
+    }
 }
 
 /// A prompt as the runner uses it.
@@ -279,6 +300,7 @@ impl ExperimentConfig {
                 bail!("model name {name:?} must not contain '|', '@' or '/'");
             }
             self.backend_of(name).with_context(|| format!("[models.{name}]"))?;
+            self.kernels_of(name).with_context(|| format!("[models.{name}]"))?;
             if m.threads == Some(0) {
                 bail!("[models.{name}] threads must be at least 1");
             }
@@ -320,6 +342,10 @@ impl ExperimentConfig {
             bail!("[grid]: temperatures must be ≥ 0 and top_p in (0, 1]");
         }
         Ok(())
+    }
+
+    pub fn kernels_of(&self, model: &str) -> Result<engine::model::quantized::KernelMode> {
+        parse_kernels(self.models.get(model).and_then(|m| m.kernels.as_deref()).unwrap_or(&self.kernels)).context("`kernels`")
     }
 
     pub fn backend_of(&self, model: &str) -> Result<Backend> {

@@ -155,6 +155,21 @@ struct RuntimeArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// CPU kernels for quantized weights: q8 (8-bit activations, integer dot products, as
+    /// llama.cpp; the default), exact (f32 activations), f32 (weights expanded to f32 at load).
+    /// Default: $SPECDEC_KERNELS, else q8.
+    #[arg(long, value_parser = ["q8", "exact", "f32"])]
+    kernels: Option<String>,
+}
+
+impl RuntimeArgs {
+    /// Sets up threads and kernels; returns the thread count.
+    fn init(&self) -> Result<usize> {
+        if let Some(k) = &self.kernels {
+            engine::model::quantized::set_kernel_mode(config::parse_kernels(k)?);
+        }
+        backend::init_threads(self.threads)
+    }
 }
 
 #[derive(Args)]
@@ -280,7 +295,7 @@ fn main() {
 }
 
 fn cmd_generate(args: GenerateArgs) -> Result<()> {
-    let threads = backend::init_threads(args.runtime.threads)?;
+    let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let load_start = Instant::now();
     let loaded = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
@@ -348,6 +363,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens,
         "backend": args.runtime.backend.to_string(),
+        "kernels": format!("{:?}", engine::model::quantized::kernel_mode()).to_lowercase(),
         "threads": threads,
         "text": text,
         "tokens": gen.tokens,
@@ -443,7 +459,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn cmd_bench(args: BenchArgs) -> Result<()> {
-    let threads = backend::init_threads(args.runtime.threads)?;
+    let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let files = engine::source::resolve(&args.model)?;
     let start = Instant::now();
@@ -468,6 +484,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "model": args.model,
         "file": files.path(),
         "backend": args.runtime.backend.to_string(),
+        "kernels": format!("{:?}", engine::model::quantized::kernel_mode()).to_lowercase(),
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,
@@ -493,7 +510,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
             let hi = v.iter().copied().fold(0.0, f64::max);
             format!("{lo:.1}–{hi:.1}")
         };
-        println!("{} · {} threads · {}", args.model, threads, args.runtime.backend);
+        println!("{} · {} threads · {} · {} kernels", args.model, threads, args.runtime.backend, json["kernels"].as_str().unwrap_or("?"));
         println!("load        {load_s:.2} s, peak RSS {:.0} MB (file {:.0} MB)", json["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6, loaded.file_bytes as f64 / 1e6);
         println!("prefill     {:.1} tok/s (median of {}, range {}) for {} tokens", report.prefill_tok_s, args.repeats, spread(&report.prefill_tok_s_runs), args.prompt_tokens);
         println!("decode      {:.1} tok/s (median of {}, range {}) for {} tokens", report.decode_tok_s, args.repeats, spread(&report.decode_tok_s_runs), args.gen_tokens);
@@ -550,7 +567,7 @@ fn cmd_run(args: RunArgs) -> Result<()> {
 }
 
 fn cmd_certify(args: CertifyArgs) -> Result<()> {
-    let threads = backend::init_threads(args.runtime.threads)?;
+    let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
     let draft = load_draft(&args.draft, &args.model, &target.tokenizer, &device)?;

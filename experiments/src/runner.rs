@@ -85,6 +85,9 @@ pub struct ModelManifest {
     pub source: String,
     pub backend: String,
     pub threads: usize,
+    /// CPU kernels for quantized weights (`q8`, `exact`, `f32`).
+    #[serde(default)]
+    pub kernels: String,
     pub architecture: String,
     pub files: Vec<FileHash>,
 }
@@ -293,13 +296,21 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         if !quiet {
             eprintln!("loading {name} ({}) on {backend} with {threads} threads", entry.source);
         }
+        let kernels = cfg.kernels_of(name)?;
         let loaded = pool
-            .install(|| engine::load_model(&entry.source, &device))
+            .install(|| engine::model::quantized::with_kernel_mode(kernels, || engine::load_model(&entry.source, &device)))
             .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
         let files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
         manifest_models.insert(
             name.to_string(),
-            ModelManifest { source: entry.source.clone(), backend: backend.to_string(), threads, architecture: loaded.model.config().name.clone(), files },
+            ModelManifest {
+                source: entry.source.clone(),
+                backend: backend.to_string(),
+                threads,
+                kernels: format!("{kernels:?}").to_lowercase(),
+                architecture: loaded.model.config().name.clone(),
+                files,
+            },
         );
         models.insert(name.to_string(), Loaded { model: Pooled { model: loaded.model, pool }, tokenizer: loaded.tokenizer });
     }
