@@ -133,7 +133,7 @@ pub fn dot_reference(ty: GgmlType, row: &[u8], x: &Q8Row) -> f64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{GgmlType, Q8Row, QK};
     use std::arch::x86_64::*;
 
@@ -217,7 +217,7 @@ mod avx2 {
     /// 32 bits → 32 bytes, 16 where the bit is set (Q5_0/Q5_1's fifth bit of value i is bit i).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn bits_to_16s(bits: u32) -> __m256i {
+    pub fn bits_to_16s(bits: u32) -> __m256i {
         // Byte i takes the byte holding bit i, ORs in every bit but its own, and compares with all-ones.
         let shuffle = _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
         let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuffle);

@@ -227,7 +227,10 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     pub fn handles(ty: GgmlType) -> bool {
-        matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
+        matches!(
+            ty,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
+        )
     }
 
     /// The CPU features this module needs (x86-64 CPUs with AVX2 have F16C too, but check).
@@ -238,21 +241,21 @@ mod avx2 {
     /// The little-endian f16 at `b[i..i + 2]`, converted by the F16C instruction (exact, like
     /// `half`'s conversion, without its per-call feature dispatch).
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn f16_at(b: &[u8], i: usize) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32)))
     }
 
     /// Eight unsigned bytes (the low half of `v`) as f32 lanes.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn u8x8(v: __m128i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
     }
 
     /// Eight signed bytes (the low half of `v`) as f32 lanes.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn i8x8(v: __m128i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
     }
@@ -260,7 +263,7 @@ mod avx2 {
     /// Stores 32 bytes of `v` (unsigned or signed) as 32 f32 values, each times `d`, minus `m`
     /// when given — `(q as f32) * d - m` in the reference's order.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn store32(v: __m256i, signed: bool, d: __m256, m: Option<__m256>, out: &mut [f32]) {
         assert!(out.len() >= 32);
         let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
@@ -279,7 +282,7 @@ mod avx2 {
 
     // Helpers are functions, not closures: closures do not inherit `target_feature`.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn load32(b: &[u8]) -> __m256i {
         assert!(b.len() >= 32);
         // SAFETY: 32 readable bytes (asserted).
@@ -287,7 +290,7 @@ mod avx2 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn load16(b: &[u8]) -> __m128i {
         assert!(b.len() >= 16);
         // SAFETY: 16 readable bytes (asserted).
@@ -296,7 +299,7 @@ mod avx2 {
 
     /// 16 packed bytes → 32 nibbles: the low nibbles (values 0..16), then the high ones.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn nibbles16(qs: __m128i) -> __m256i {
         let lo = _mm_and_si128(qs, _mm_set1_epi8(0x0F));
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), _mm_set1_epi8(0x0F));
@@ -305,7 +308,7 @@ mod avx2 {
 
     /// 16 where bit `k` of each byte of `qh` is set, else 0 (Q5_K's fifth bit).
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn fifth_bit(qh: __m256i, k: u32) -> __m256i {
         let mask = _mm256_set1_epi8(1i8.wrapping_shl(k));
         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask), _mm256_set1_epi8(16))
@@ -313,14 +316,14 @@ mod avx2 {
 
     /// Q6_K's two high bits (shifted down into bits 0..2) moved to bits 4..6.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn six_high(h: __m256i) -> __m256i {
         _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(3)))
     }
 
     /// # Safety
     /// The CPU must support AVX2; `bytes` must hold exactly the blocks of `out.len()` values.
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
         let blocks = bytes.chunks_exact(ty.block_bytes()).zip(out.chunks_exact_mut(ty.block_size()));
         let low4 = _mm256_set1_epi8(0x0F);
@@ -341,6 +344,18 @@ mod avx2 {
             GgmlType::Q8_0 => {
                 for (b, y) in blocks {
                     store32(load32(&b[2..]), true, _mm256_set1_ps(f16_at(b, 0)), None, y);
+                }
+            }
+            GgmlType::Q5_0 | GgmlType::Q5_1 => {
+                let one = ty == GgmlType::Q5_1;
+                let (h, qs) = if one { (4, 8) } else { (2, 6) };
+                for (b, y) in blocks {
+                    let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
+                    let q = _mm256_or_si256(nibbles16(load16(&b[qs..])), crate::model::q8::avx2::bits_to_16s(qh));
+                    // The reference adds the minimum (0.0 for Q5_0, which turns −0 into +0): q·d − (−m).
+                    let m = if one { -f16_at(b, 2) } else { -0.0 };
+                    let q = if one { q } else { _mm256_sub_epi8(q, _mm256_set1_epi8(16)) };
+                    store32(q, !one, _mm256_set1_ps(f16_at(b, 0)), Some(_mm256_set1_ps(m)), y);
                 }
             }
             GgmlType::Q4K | GgmlType::Q5K => {
