@@ -39,7 +39,8 @@ fn report(cells: &[CellSummary], records: &[Record], manifest: Option<&Manifest>
             m.shard.map_or(String::new(), |s| format!(" · shard {s}")),
         ));
         for (name, model) in &m.models {
-            md.push_str(&format!("- `{name}`: {} ({}, {}, {} threads)\n", model.source, model.architecture, model.backend, model.threads));
+            let kernels = if model.kernels.is_empty() { String::new() } else { format!(", {} kernels", model.kernels) };
+            md.push_str(&format!("- `{name}`: {} ({}, {}, {} threads{kernels})\n", model.source, model.architecture, model.backend, model.threads));
         }
         md.push('\n');
     }

@@ -1,10 +1,15 @@
-//! Weight matrices kept in their GGUF block format (Q4_0 … Q6_K, F16) and multiplied without an
-//! f32 copy of the model: the bytes stay in the file's memory map, and each product dequantizes a
-//! few weight rows at a time into a small cache-resident buffer that every activation row reuses.
+//! Weight matrices kept in their GGUF block format (Q4_0 … Q6_K, F16, BF16) and multiplied without
+//! an f32 copy of the model: the bytes stay in the file's memory map. Two kernel modes:
 //!
-//! Batch invariance, which greedy speculative == greedy target-only rests on, holds because a
-//! weight row is always dequantized by the same routine into the same f32 values, and those are
-//! multiplied by [`kernels::matmul_rows`]'s fixed-order dot products whatever the number of rows.
+//! - [`KernelMode::Q8`] (default): activations rounded to 8 bits per block of 32 and integer dot
+//!   products with the packed blocks ([`q8`]), as llama.cpp does;
+//! - [`KernelMode::Exact`]: f32 activations; each product dequantizes four weight rows at a time
+//!   into a small cache-resident buffer that every activation row reuses.
+//!
+//! Batch invariance, which greedy speculative == greedy target-only rests on, holds in both: a
+//! weight row always dequantizes to the same f32 values (or unpacks to the same integers), each
+//! activation row is quantized alone, and every (weight row, activation row) pair goes through the
+//! same operations in the same order whatever the number of rows.
 
 use super::{kernels, q8};
 use crate::gguf::{dequantize, GgmlType};

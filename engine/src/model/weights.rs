@@ -1,5 +1,6 @@
 //! Where weights come from. Model code asks for tensors by their GGUF names (`blk.3.attn_q.weight`);
-//! each source maps those names to its own storage and dequantizes to f32.
+//! each source maps those names to its own storage; matrices stay packed where the source keeps a
+//! block format the kernels multiply (GGUF), everything else is dequantized to f32.
 
 use crate::error::{Error, Result};
 use super::quantized::QuantMatrix;
