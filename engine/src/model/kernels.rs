@@ -7,9 +7,9 @@
 //! blocking with the row count and differ in the last bits, ~6e-5 on SmolLM2's logits).
 //!
 //! Rows share each weight row while it is in cache, so verifying k+1 tokens still reads the weights
-//! once. Work is split over output columns (rayon), which does not change any sum.
+//! once. Work is split over output columns ([`pool`]), which does not change any sum.
 
-use rayon::prelude::*;
+use super::pool;
 
 /// Multiply-adds below which a product runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 17;
@@ -166,7 +166,9 @@ where
     let cols: Vec<Vec<f32>> = if rows * out * inp < PARALLEL_MIN_WORK {
         (0..chunks).map(column_block).collect()
     } else {
-        (0..chunks).into_par_iter().map(column_block).collect()
+        let mut cols = vec![Vec::new(); chunks];
+        pool::for_each_chunk_mut(&mut cols, 1, |c, slot| slot[0] = column_block(c));
+        cols
     };
     for (c, part) in cols.iter().enumerate() {
         let n = part.len() / rows;
@@ -191,7 +193,9 @@ where
     if work < PARALLEL_MIN_WORK {
         yt.chunks_mut(rows).enumerate().for_each(|(j, col)| f(j, col));
     } else {
-        yt.par_chunks_mut(rows).with_min_len(COLS).enumerate().for_each(|(j, col)| f(j, col));
+        pool::for_each_chunk_mut(&mut yt, rows * COLS, |c, part| {
+            part.chunks_mut(rows).enumerate().for_each(|(t, col)| f(c * COLS + t, col));
+        });
     }
     let mut y = vec![0f32; rows * out];
     for (j, col) in yt.chunks_exact(rows).enumerate() {
@@ -286,7 +290,9 @@ pub fn causal_attention(
     let per_head: Vec<Vec<f32>> = if heads * n * (start + n) * d < PARALLEL_MIN_WORK {
         (0..heads).map(head).collect()
     } else {
-        (0..heads).into_par_iter().map(head).collect()
+        let mut per_head = vec![Vec::new(); heads];
+        pool::for_each_chunk_mut(&mut per_head, 1, |h, slot| slot[0] = head(h));
+        per_head
     };
     let mut y = vec![0f32; n * heads * d];
     for (h, out) in per_head.iter().enumerate() {

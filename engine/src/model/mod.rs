@@ -6,6 +6,7 @@
 
 pub mod kernels;
 mod llama;
+mod pool;
 pub mod q8;
 pub mod quantized;
 mod weights;
