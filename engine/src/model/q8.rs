@@ -70,21 +70,36 @@ impl Q8KRow {
     }
 }
 
-/// Quantizes each block of `block` values to i8 with scale max|x| / 127 (round to nearest, ties to
-/// even — the vector conversion's rounding, so both paths agree).
+/// Quantizes each block of `block` values (a multiple of 32) to i8 with scale max|x| / 127,
+/// rounding to nearest with ties to even: the vector conversion's rounding, so the AVX2 path and
+/// [`quantize_block_scalar`] give the same bytes.
 fn quantize_blocks(x: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(block % 32, 0);
     let mut q = vec![0i8; x.len()];
-    let mut d = Vec::with_capacity(x.len() / block);
-    for (xb, qb) in x.chunks_exact(block).zip(q.chunks_exact_mut(block)) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        for (v, out) in xb.iter().zip(qb.iter_mut()) {
-            *out = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-        }
-        d.push(scale);
-    }
+    let d = x
+        .chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .map(|(xb, qb)| {
+            #[cfg(target_arch = "x86_64")]
+            if available() {
+                // SAFETY: AVX2 is available; both blocks hold `block` values, a multiple of 32.
+                return unsafe { avx2::quantize_block(xb, qb) };
+            }
+            quantize_block_scalar(xb, qb)
+        })
+        .collect();
     (q, d)
+}
+
+/// One block: writes round(x / d) into `qb` and returns d.
+fn quantize_block_scalar(xb: &[f32], qb: &mut [i8]) -> f32 {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (v, out) in xb.iter().zip(qb.iter_mut()) {
+        *out = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    scale
 }
 
 /// An activation row in the layout some weight formats multiply with.
@@ -399,6 +414,36 @@ pub(super) mod avx2 {
         unsafe { _mm_loadu_si128(v.as_ptr().cast()) }
     }
 
+    /// [`super::quantize_block_scalar`] with 32 values per step.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `xb` and `qb` have the same length, a multiple of 32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_block(xb: &[f32], qb: &mut [i8]) -> f32 {
+        assert!(xb.len() == qb.len() && xb.len() % 32 == 0);
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        for c in xb.chunks_exact(8) {
+            // SAFETY: 8 readable f32.
+            m = _mm256_max_ps(m, _mm256_and_ps(abs, unsafe { _mm256_loadu_ps(c.as_ptr()) }));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (c, o) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)) {
+            // SAFETY: 32 readable f32 in c (4 loads of 8).
+            let i: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) }, inv)));
+            // Saturating packs interleave 128-bit lanes; the permutation restores the order.
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            // SAFETY: 32 writable bytes in o.
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm256_permutevar8x32_epi32(packed, order)) };
+        }
+        scale
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum128(v: __m128) -> f32 {
@@ -517,6 +562,19 @@ mod tests {
         // An all-zero block has a zero scale and zero quants (no division by zero).
         let z = Q8Row::new(&[0.0; 32]);
         assert_eq!((z.d[0], z.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn vector_and_scalar_quantization_agree() {
+        let x: Vec<f32> = (0..1024).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 37.0 + if i % 41 == 0 { 0.5 } else { 0.0 }).collect();
+        for block in [32, 256] {
+            let (q, d) = quantize_blocks(&x, block);
+            for (b, xb) in x.chunks_exact(block).enumerate() {
+                let mut qs = vec![0i8; block];
+                assert_eq!(quantize_block_scalar(xb, &mut qs).to_bits(), d[b].to_bits());
+                assert_eq!(qs, &q[b * block..(b + 1) * block]);
+            }
+        }
     }
 
     #[test]
