@@ -241,51 +241,45 @@ mod tests {
 /// Causal attention for `n` new queries at positions `start..start + n`, row-invariant like
 /// [`matmul_wt`]: each query's scores, softmax and weighted sum use one fixed order.
 ///
-/// `q`: [heads, n, d]; `k`, `v`: [kv_heads, len, d] with len ≥ start + n (only the first start + i + 1
-/// keys are visible to query i); returns [n, heads·d]. Query head h reads KV head h / (heads / kv_heads).
-#[allow(clippy::too_many_arguments)]
-pub fn causal_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    heads: usize,
-    kv_heads: usize,
-    n: usize,
-    len: usize,
-    start: usize,
-    d: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let group = heads / kv_heads;
+/// `q`: [n, heads, d]; `k`, `v`: [kv_heads, cap, d] (a cache of capacity `cap`) holding at least
+/// positions `..start + n`. Query i sees positions `start + i + 1 − window ..= start + i` (all
+/// earlier ones without a window); query head h reads KV head h / (heads / kv_heads). Returns
+/// [n, heads·d].
+pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], shape: &super::cache::AttentionShape, n: usize, cap: usize, start: usize) -> Vec<f32> {
+    let (heads, d) = (shape.heads, shape.head_dim);
+    let group = heads / shape.kv_heads;
     let head = |h: usize| -> Vec<f32> {
-            let kv = h / group;
-            let keys = &k[kv * len * d..(kv + 1) * len * d];
-            let values = &v[kv * len * d..(kv + 1) * len * d];
-            let mut out = vec![0f32; n * d];
-            let mut scores = vec![0f32; start + n];
-            for i in 0..n {
-                let query = &q[(h * n + i) * d..(h * n + i + 1) * d];
-                let visible = start + i + 1;
-                let mut max = f32::NEG_INFINITY;
-                for (t, s) in scores[..visible].iter_mut().enumerate() {
-                    *s = dot(query, &keys[t * d..(t + 1) * d]) * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in &mut scores[..visible] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut out[i * d..(i + 1) * d];
-                for (t, &s) in scores[..visible].iter().enumerate() {
-                    let w = s * inv;
-                    for (oj, vj) in o.iter_mut().zip(&values[t * d..(t + 1) * d]) {
-                        *oj += w * vj;
-                    }
+        let kv = h / group;
+        let keys = &k[kv * cap * d..(kv + 1) * cap * d];
+        let values = &v[kv * cap * d..(kv + 1) * cap * d];
+        let mut out = vec![0f32; n * d];
+        let mut scores = vec![0f32; start + n];
+        for i in 0..n {
+            let query = &q[(i * heads + h) * d..(i * heads + h + 1) * d];
+            let end = start + i + 1;
+            let first = shape.window.map_or(0, |w| end.saturating_sub(w));
+            let visible = &mut scores[first..end];
+            let mut max = f32::NEG_INFINITY;
+            for (t, s) in visible.iter_mut().enumerate() {
+                let pos = first + t;
+                *s = dot(query, &keys[pos * d..(pos + 1) * d]) * shape.scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in visible.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let o = &mut out[i * d..(i + 1) * d];
+            for (t, &s) in visible.iter().enumerate() {
+                let (w, pos) = (s * inv, first + t);
+                for (oj, vj) in o.iter_mut().zip(&values[pos * d..(pos + 1) * d]) {
+                    *oj += w * vj;
                 }
             }
-            out
+        }
+        out
     };
     let per_head: Vec<Vec<f32>> = if heads * n * (start + n) * d < PARALLEL_MIN_WORK {
         (0..heads).map(head).collect()
