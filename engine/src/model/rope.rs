@@ -7,9 +7,10 @@ use std::ops::Range;
 
 /// cos/sin tables for positions `0..max_positions` and the first `dims` dimensions of each head.
 pub struct Rope {
-    /// [position, dims / 2], row-major.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    inv_freq: Vec<f64>,
+    /// (cos, sin) as [position, dims / 2], row-major, for the positions used so far: filled on
+    /// demand, so a 32k-token context costs memory only when it is used.
+    host: std::sync::RwLock<(Vec<f32>, Vec<f32>)>,
     /// The same tables as tensors, for devices whose activations are tensors.
     tensors: Option<(Tensor<2>, Tensor<2>)>,
     dims: usize,
@@ -22,20 +23,33 @@ impl Rope {
     pub fn new(cfg: &ModelConfig, theta: f64, max_positions: usize, device: &Device) -> Self {
         let half = cfg.rope_dims / 2;
         let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-((2 * i) as f64) / cfg.rope_dims as f64)).collect();
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            for &f in &inv_freq {
-                let angle = pos as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+        let tensors = (!super::uses_host_kernels(device)).then(|| {
+            let (cos, sin) = tables(&inv_freq, 0..max_positions);
+            let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_positions, half]), device);
+            (table(cos), table(sin))
+        });
+        let host = std::sync::RwLock::new((Vec::new(), Vec::new()));
+        Rope { inv_freq, host, tensors, dims: cfg.rope_dims, head_dim: cfg.head_dim, style: cfg.rope_style }
+    }
+
+    /// Runs `f` with host tables covering positions `..end`.
+    fn with_tables<T>(&self, end: usize, f: impl FnOnce(&[f32], &[f32]) -> T) -> T {
+        let half = self.inv_freq.len();
+        {
+            let t = self.host.read().unwrap_or_else(|e| e.into_inner());
+            if t.0.len() >= end * half {
+                return f(&t.0, &t.1);
             }
         }
-        let tensors = (!super::uses_host_kernels(device)).then(|| {
-            let table = |v: &[f32]| Tensor::from_data(TensorData::new(v.to_vec(), [max_positions, half]), device);
-            (table(&cos), table(&sin))
-        });
-        Rope { cos, sin, tensors, dims: cfg.rope_dims, head_dim: cfg.head_dim, style: cfg.rope_style }
+        let mut t = self.host.write().unwrap_or_else(|e| e.into_inner());
+        let have = t.0.len() / half;
+        if have < end {
+            // Grow geometrically so a long generation extends the tables a few times only.
+            let (cos, sin) = tables(&self.inv_freq, have..end.max(2 * have).max(64));
+            t.0.extend(cos);
+            t.1.extend(sin);
+        }
+        f(&t.0, &t.1)
     }
 
     /// Rotates every head of `x` ([n, heads·head_dim]) whose rows sit at `positions`.
@@ -43,20 +57,22 @@ impl Rope {
         let (half, hd) = (self.dims / 2, self.head_dim);
         match x {
             Act::Host { mut data, cols } => {
-                for (row, pos) in data.chunks_exact_mut(cols).zip(positions) {
-                    let (cos, sin) = (&self.cos[pos * half..(pos + 1) * half], &self.sin[pos * half..(pos + 1) * half]);
-                    for head in row.chunks_exact_mut(hd) {
-                        for j in 0..half {
-                            let (a, b) = match self.style {
-                                RopeStyle::Neox => (j, j + half),
-                                RopeStyle::Normal => (2 * j, 2 * j + 1),
-                            };
-                            let (x1, x2) = (head[a], head[b]);
-                            head[a] = x1 * cos[j] - x2 * sin[j];
-                            head[b] = x2 * cos[j] + x1 * sin[j];
+                self.with_tables(positions.end, |cos, sin| {
+                    for (row, pos) in data.chunks_exact_mut(cols).zip(positions) {
+                        let (cos, sin) = (&cos[pos * half..(pos + 1) * half], &sin[pos * half..(pos + 1) * half]);
+                        for head in row.chunks_exact_mut(hd) {
+                            for j in 0..half {
+                                let (a, b) = match self.style {
+                                    RopeStyle::Neox => (j, j + half),
+                                    RopeStyle::Normal => (2 * j, 2 * j + 1),
+                                };
+                                let (x1, x2) = (head[a], head[b]);
+                                head[a] = x1 * cos[j] - x2 * sin[j];
+                                head[b] = x2 * cos[j] + x1 * sin[j];
+                            }
                         }
                     }
-                }
+                });
                 Act::Host { data, cols }
             }
             Act::Device(t) => {
@@ -97,6 +113,12 @@ impl Rope {
     }
 }
 
+/// cos and sin of position × frequency for `positions`, computed in f64.
+fn tables(inv_freq: &[f64], positions: Range<usize>) -> (Vec<f32>, Vec<f32>) {
+    let angles = positions.flat_map(|pos| inv_freq.iter().map(move |f| pos as f64 * f));
+    angles.map(|a| (a.cos() as f32, a.sin() as f32)).unzip()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,11 +146,7 @@ mod tests {
                 tied_embeddings: true,
             };
             let host = Rope::new(&cfg, 10_000.0, 16, &flex);
-            let mut device = Rope::new(&cfg, 10_000.0, 16, &flex);
-            device.tensors = Some((
-                Tensor::from_data(TensorData::new(device.cos.clone(), [16, dims / 2]), &flex),
-                Tensor::from_data(TensorData::new(device.sin.clone(), [16, dims / 2]), &flex),
-            ));
+            let device = crate::model::with_burn_ops(|| Rope::new(&cfg, 10_000.0, 16, &flex));
             let x: Vec<f32> = (0..3 * 16).map(|i| (i as f32 * 0.7).sin()).collect();
             let a = host.apply(Act::host(x.clone(), 16), 5..8).into_host();
             let b = device.apply(Act::Device(Tensor::from_data(TensorData::new(x.clone(), [3, 16]), &flex)), 5..8).into_host();
