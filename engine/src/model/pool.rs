@@ -100,8 +100,15 @@ pub fn run(n: usize, f: impl Fn(usize) + Sync) {
     // Every chunk is taken. Unpublish the job, then wait for the workers that registered before
     // that (some may still be finishing a chunk); later ones find no job and touch nothing.
     pool.job.store(std::ptr::null_mut(), SeqCst);
+    let mut spins = 0u32;
     while pool.active.load(SeqCst) != 0 {
-        std::hint::spin_loop();
+        // A worker preempted mid-chunk (a loaded machine) needs a core more than we need to spin.
+        spins += 1;
+        if spins < 4096 {
+            std::hint::spin_loop();
+        } else {
+            thread::yield_now();
+        }
     }
     if job.panicked.load(Relaxed) {
         panic!("a CPU kernel task panicked");

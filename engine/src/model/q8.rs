@@ -314,9 +314,10 @@ pub(super) mod avx2 {
         _mm256_and_si256(set, _mm256_set1_epi8(16))
     }
 
-    /// Formats with 32-value blocks: KIND 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0, 4 = Q5_1 (signed
-    /// formats are multiplied as signed bytes, offset ones as unsigned plus a per-block offset). Even and odd blocks go to
-    /// separate accumulators (vector sums and scalar offsets) to keep the additions independent.
+    /// Formats with 32-value blocks: KIND 0 = Q4_0, 1 = Q4_1, 2 = Q8_0, 3 = Q5_0, 4 = Q5_1 (Q8_0 is
+    /// multiplied as signed bytes, the others as unsigned plus a per-block offset). Even and odd
+    /// blocks go to separate accumulators (vector sums and scalar offsets) to keep the additions
+    /// independent.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot32<const KIND: u8, const R: usize>(row: &[u8], x: [&Q8Row; R]) -> [f32; R] {
@@ -336,17 +337,20 @@ pub(super) mod avx2 {
                     0 => nibbles16(&b[2..]),
                     1 => nibbles16(&b[4..]),
                     2 => load32(&b[2..]),
-                    3 => _mm256_sub_epi8(_mm256_or_si256(nibbles16(&b[6..]), bits_to_16s(qh)), _mm256_set1_epi8(16)),
+                    3 => _mm256_or_si256(nibbles16(&b[6..]), bits_to_16s(qh)),
                     _ => _mm256_or_si256(nibbles16(&b[8..]), bits_to_16s(qh)),
                 };
+                // Q4_0 and Q5_0 store q + 8 and q + 16: multiplied unsigned, the shift comes off
+                // as an offset times the activation block's sum (cheaper than signed products).
                 let offset = match KIND {
                     0 => -8.0 * dw,
+                    3 => -16.0 * dw,
                     1 | 4 => f16_at(b, 2),
                     _ => 0.0,
                 };
                 for r in 0..R {
                     let xq = load32i(&x[r].q[blk * QK..]);
-                    let signed = KIND == 2 || KIND == 3;
+                    let signed = KIND == 2;
                     let p = if signed { mul_i8_i8(q, xq) } else { mul_u8_i8(q, xq) };
                     $acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * x[r].d[blk]), $acc[r]);
                     if !signed {
