@@ -40,11 +40,22 @@ impl Backend {
             #[cfg(feature = "ndarray")]
             Backend::Ndarray => Ok(Device::ndarray()),
             #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Ok(Device::wgpu(Default::default())),
+            Backend::Wgpu => wgpu_device(),
             #[allow(unreachable_patterns)]
             other => bail!("this specdec was built without the `{other}` backend: rebuild with `--features {other}`"),
         }
     }
+}
+
+/// The wgpu device (initialised once per process: Burn's runtime cannot be set up twice), or why
+/// there is none.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<Device> {
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| anyhow::anyhow!("no usable wgpu adapter ({e}): install a GPU driver with Vulkan, Metal or DX12 (on Linux without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"))
 }
 
 /// Sizes the global rayon pool the CPU backends compute on; returns the thread count in use.
