@@ -238,7 +238,8 @@ mod tests {
 /// [`matmul_wt`]: each query's scores, softmax and weighted sum use one fixed order.
 ///
 /// `q`: [heads, n, d]; `k`, `v`: [kv_heads, len, d] with len ≥ start + n (only the first start + i + 1
-/// keys are visible to query i); returns [n, heads·d]. Query head h reads KV head h / (heads / kv_heads).
+/// keys are visible to query i, and with a sliding `window` only the last `window` of those);
+/// returns [n, heads·d]. Query head h reads KV head h / (heads / kv_heads).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     q: &[f32],
@@ -251,6 +252,7 @@ pub fn causal_attention(
     start: usize,
     d: usize,
     scale: f32,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let group = heads / kv_heads;
     let head = |h: usize| -> Vec<f32> {
@@ -261,10 +263,12 @@ pub fn causal_attention(
             let mut scores = vec![0f32; start + n];
             for i in 0..n {
                 let query = &q[(h * n + i) * d..(h * n + i + 1) * d];
-                let visible = start + i + 1;
+                let end = start + i + 1;
+                let first = window.map_or(0, |w| end.saturating_sub(w));
+                let visible = end - first;
                 let mut max = f32::NEG_INFINITY;
                 for (t, s) in scores[..visible].iter_mut().enumerate() {
-                    *s = dot(query, &keys[t * d..(t + 1) * d]) * scale;
+                    *s = dot(query, &keys[(first + t) * d..(first + t + 1) * d]) * scale;
                     max = max.max(*s);
                 }
                 let mut sum = 0f32;
@@ -276,7 +280,7 @@ pub fn causal_attention(
                 let o = &mut out[i * d..(i + 1) * d];
                 for (t, &s) in scores[..visible].iter().enumerate() {
                     let w = s * inv;
-                    for (oj, vj) in o.iter_mut().zip(&values[t * d..(t + 1) * d]) {
+                    for (oj, vj) in o.iter_mut().zip(&values[(first + t) * d..(first + t + 1) * d]) {
                         *oj += w * vj;
                     }
                 }

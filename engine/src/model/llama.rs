@@ -146,7 +146,7 @@ impl Block {
             let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 activations");
             let len = ctx.positions.end;
             let out = super::kernels::causal_attention(
-                &host(q), &host(keys), &host(values), nh, nkv, n, len, ctx.positions.start, hd, scale as f32,
+                &host(q), &host(keys), &host(values), nh, nkv, n, len, ctx.positions.start, hd, scale as f32, None,
             );
             let out = Tensor::<3>::from_data(TensorData::new(out, [b, n, nh * hd]), &ctx.device);
             return self.o.forward(out);

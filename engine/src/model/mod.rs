@@ -2,14 +2,18 @@
 //! parameter: the binary picks flex, ndarray or wgpu; the model never asks which).
 //!
 //! Shared pieces live here: the [`CausalLm`] trait, the [`KvCache`] (preallocated, truncatable),
-//! rotary embeddings and RMSNorm. Each family has its own file.
+//! rotary embeddings, norms, activations and attention. Each family has its own file.
 
+mod gemma3;
+mod gpt_neox;
 pub mod kernels;
 mod llama;
 pub mod q8;
 pub mod quantized;
 mod weights;
 
+pub use gemma3::{Gemma3, Gemma3Config};
+pub use gpt_neox::{Gelu, GptNeox, GptNeoxConfig, QkvLayout};
 pub use llama::Llama;
 pub use weights::WeightSource;
 
@@ -111,7 +115,7 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    fn check(&self, path: &std::path::Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
         let bad = |problem: String| Error::Metadata { path: path.into(), key: "hyperparameters".into(), problem };
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return Err(bad(format!("{} heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads)));
@@ -289,6 +293,95 @@ fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
     x * scale * weight.clone().reshape([1, 1, d])
 }
 
+/// LayerNorm over the last axis: (x − mean) / sqrt(var + eps) · weight + bias, with the biased
+/// variance (as torch).
+fn layer_norm(x: Tensor<3>, weight: &Tensor<1>, bias: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let d = weight.dims()[0];
+    let centered = x.clone() - x.mean_dim(2);
+    let var = (centered.clone() * centered.clone()).mean_dim(2);
+    centered * var.add_scalar(eps).sqrt().recip() * weight.clone().reshape([1, 1, d]) + bias.clone().reshape([1, 1, d])
+}
+
+/// GELU with the tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as torch's
+/// `gelu(approximate="tanh")` (HF `gelu_pytorch_tanh`, `gelu_new`). The cube is two products, not
+/// `powf`, so it is exact for negative x too.
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar(SQRT_2_OVER_PI);
+    x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
+}
+
+/// Attention for the layers of one forward pass over new positions `positions`: the
+/// batch-invariant host kernel on CPU devices, Burn ops with additive masks elsewhere (one mask per
+/// distinct sliding window, built once per pass).
+struct AttentionStep {
+    positions: Range<usize>,
+    heads: usize,
+    kv_heads: usize,
+    host: bool,
+    masks: Vec<(Option<usize>, Option<Tensor<4>>)>,
+    device: Device,
+}
+
+impl AttentionStep {
+    /// `windows`: the sliding windows the layers will ask for (`None`: causal over everything).
+    fn new(positions: Range<usize>, heads: usize, kv_heads: usize, windows: &[Option<usize>], host: bool, device: &Device) -> Self {
+        let mut masks: Vec<(Option<usize>, Option<Tensor<4>>)> = Vec::new();
+        if !host {
+            for &w in windows {
+                if !masks.iter().any(|(have, _)| *have == w) {
+                    masks.push((w, attention_mask(positions.clone(), heads / kv_heads, w, device)));
+                }
+            }
+        }
+        AttentionStep { positions, heads, kv_heads, host, masks, device: device.clone() }
+    }
+
+    /// softmax(q·kᵀ·scale)·v for q: [1, heads, n, hd] at `positions` and keys/values
+    /// [1, kv_heads, positions.end, hd]; query i sees keys ≤ its position and, with a `window`,
+    /// only the last `window` of them. Returns [1, n, heads·hd].
+    fn attend(&self, q: Tensor<4>, keys: Tensor<4>, values: Tensor<4>, scale: f64, window: Option<usize>) -> Tensor<3> {
+        let [b, nh, n, hd] = q.dims();
+        let nkv = self.kv_heads;
+        if self.host {
+            let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 activations");
+            let (start, len) = (self.positions.start, self.positions.end);
+            let out = kernels::causal_attention(&host(q), &host(keys), &host(values), nh, nkv, n, len, start, hd, scale as f32, window);
+            return Tensor::from_data(TensorData::new(out, [b, n, nh * hd]), &self.device);
+        }
+        // Grouped-query attention without copying K/V: the query heads sharing a KV head are
+        // stacked along the row axis, so each KV head is one matmul.
+        let group = self.heads / nkv;
+        let scores = q.reshape([b, nkv, group * n, hd]).matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
+        let mask = self.masks.iter().find(|(w, _)| *w == window).expect("mask built for every window asked for");
+        let scores = match &mask.1 {
+            Some(mask) => scores + mask.clone(),
+            None => scores,
+        };
+        let out = burn::tensor::activation::softmax(scores, 3).matmul(values);
+        out.reshape([b, nh, n, hd]).swap_dims(1, 2).reshape([b, n, nh * hd])
+    }
+}
+
+/// Additive mask over [group·n, positions.end]: 0 where query row r (position start + r mod n) may
+/// see key j (j ≤ its position and, with a window, j > position − window), −∞ elsewhere; `None`
+/// when every key is visible (one token, no window in effect).
+fn attention_mask(positions: Range<usize>, group: usize, window: Option<usize>, device: &Device) -> Option<Tensor<4>> {
+    let (start, end) = (positions.start, positions.end);
+    let n = end - start;
+    let first = |p: usize| window.map_or(0, |w| (p + 1).saturating_sub(w));
+    if n == 1 && first(start) == 0 {
+        return None;
+    }
+    let mut m = vec![f32::NEG_INFINITY; group * n * end];
+    for r in 0..group * n {
+        let p = start + r % n;
+        m[r * end + first(p)..r * end + p + 1].fill(0.0);
+    }
+    Some(Tensor::from_data(TensorData::new(m, [1, 1, group * n, end]), device))
+}
+
 /// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
 /// multiplied by the batch-invariant kernels of [`kernels`] — in its GGUF quantization when it has
 /// one ([`quantized`]); elsewhere it is a Burn tensor.
@@ -388,33 +481,63 @@ impl Linear {
     }
 }
 
+/// A family's full configuration: the shared [`ModelConfig`] and what only that family has.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum FamilyConfig {
+    Llama(ModelConfig),
+    GptNeox(GptNeoxConfig),
+    Gemma3(Gemma3Config),
+}
+
+impl FamilyConfig {
+    pub fn base(&self) -> &ModelConfig {
+        match self {
+            FamilyConfig::Llama(c) => c,
+            FamilyConfig::GptNeox(c) => &c.base,
+            FamilyConfig::Gemma3(c) => &c.base,
+        }
+    }
+
+    /// Hyperparameters from GGUF metadata, choosing the family from `general.architecture`.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        match gguf.architecture()? {
+            "llama" | "qwen2" => Ok(FamilyConfig::Llama(Llama::config_from_gguf(gguf)?)),
+            "gptneox" => Ok(FamilyConfig::GptNeox(GptNeoxConfig::from_gguf(gguf)?)),
+            "gemma3" => Ok(FamilyConfig::Gemma3(Gemma3Config::from_gguf(gguf)?)),
+            other => Err(Error::UnsupportedArchitecture {
+                path: gguf.path().to_path_buf(),
+                arch: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            }),
+        }
+    }
+
+    /// Builds the family's model from `src`, whose tensors carry GGUF names.
+    pub fn load(self, src: &dyn WeightSource, device: &Device) -> Result<Box<dyn CausalLm>> {
+        Ok(match self {
+            FamilyConfig::Llama(c) => Box::new(Llama::load(c, src, device)?),
+            FamilyConfig::GptNeox(c) => Box::new(GptNeox::load(c, src, device)?),
+            FamilyConfig::Gemma3(c) => Box::new(Gemma3::load(c, src, device)?),
+        })
+    }
+}
+
 /// Loads a model from an opened GGUF file, choosing the family from `general.architecture`.
 pub fn load_gguf(gguf: &Gguf, device: &Device) -> Result<Box<dyn CausalLm>> {
-    let arch = gguf.architecture()?;
-    match arch {
-        "llama" | "qwen2" => Ok(Box::new(Llama::from_gguf(gguf, device)?)),
-        other => Err(Error::UnsupportedArchitecture {
-            path: gguf.path().to_path_buf(),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        }),
-    }
+    FamilyConfig::from_gguf(gguf)?.load(gguf, device)
 }
 
 /// Loads a model from a Hugging Face directory, choosing the family from `model_type`.
 pub fn load_hf(dir: &crate::safetensors::HfModelDir, device: &Device) -> Result<Box<dyn CausalLm>> {
-    match dir.config.model_type.as_str() {
-        "llama" | "qwen2" => Ok(Box::new(Llama::load(dir.llama_config()?, dir, device)?)),
-        other => Err(Error::UnsupportedArchitecture {
-            path: dir.dir().join("config.json"),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        }),
-    }
+    dir.family_config()?.load(dir, device)
 }
 
-/// Architectures `load_gguf` and `load_hf` accept.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// GGUF `general.architecture` values `load_gguf` accepts.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gptneox", "gemma3"];
+
+/// Hugging Face `model_type` values `load_hf` accepts.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "gpt_neox", "gemma3_text"];
 
 /// Turns the last-axis logits of `rows` positions into host memory.
 fn logits_to_host(logits: Tensor<2>) -> Result<Logits> {
