@@ -210,27 +210,42 @@ fn the_logit_check_has_power_wrong_variants_fail_it() {
 #[test]
 fn windowed_attention_kernel_sees_exactly_the_last_window_keys() {
     use engine::model::kernels::causal_attention;
+    use engine::model::AttentionShape;
     let data = |n: usize, seed: u32| -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
     };
     let (heads, kv, d, start, n) = (4, 2, 8, 6, 3);
-    let len = start + n;
-    let (q, k, v) = (data(heads * n * d, 1), data(kv * len * d, 2), data(kv * len * d, 3));
-    let full = causal_attention(&q, &k, &v, heads, kv, n, len, start, d, 0.3, None);
+    let cap = start + n;
+    // q: [n, heads, d]; k, v: [kv_heads, cap, d].
+    let (q, k, v) = (data(n * heads * d, 1), data(kv * cap * d, 2), data(kv * cap * d, 3));
+    let shape = |window: Option<usize>| AttentionShape { heads, kv_heads: kv, head_dim: d, scale: 0.3, window };
+    let full = causal_attention(&q, &k, &v, &shape(None), n, cap, start);
     // A window covering everything changes nothing.
-    assert_eq!(full, causal_attention(&q, &k, &v, heads, kv, n, len, start, d, 0.3, Some(len)));
+    assert_eq!(full, causal_attention(&q, &k, &v, &shape(Some(cap)), n, cap, start));
     // Window 2: query i at position start + i attends to keys start + i − 1 and start + i only,
     // the same as causal attention of that one query over a cache holding just those two keys.
     let w = 2;
-    let windowed = causal_attention(&q, &k, &v, heads, kv, n, len, start, d, 0.3, Some(w));
+    let windowed = causal_attention(&q, &k, &v, &shape(Some(w)), n, cap, start);
     for i in 0..n {
         let first = start + i + 1 - w;
-        let qi: Vec<f32> = (0..heads).flat_map(|h| q[(h * n + i) * d..(h * n + i + 1) * d].to_vec()).collect();
-        let cut = |t: &[f32]| -> Vec<f32> { (0..kv).flat_map(|h| t[(h * len + first) * d..(h * len + first + w) * d].to_vec()).collect() };
-        let alone = causal_attention(&qi, &cut(&k), &cut(&v), heads, kv, 1, w, w - 1, d, 0.3, None);
+        let cut = |t: &[f32]| -> Vec<f32> { (0..kv).flat_map(|h| t[(h * cap + first) * d..(h * cap + first + w) * d].to_vec()).collect() };
+        let qi = &q[i * heads * d..(i + 1) * heads * d];
+        let alone = causal_attention(qi, &cut(&k), &cut(&v), &shape(None), 1, w, w - 1);
         assert_eq!(&windowed[i * heads * d..(i + 1) * heads * d], &alone[..], "query {i}");
     }
     assert_ne!(full, windowed);
+}
+
+/// The Burn-ops path (what GPU devices run: additive masks, the window among them) on flex.
+#[test]
+fn burn_ops_path_matches_transformers_too() {
+    let device = Device::flex();
+    for name in FAMILIES {
+        let r = reference(name);
+        let model = engine::model::with_burn_ops(|| gguf_model(name, &device));
+        check_logits(model.as_ref(), &r, &format!("{name} gguf, Burn ops on flex"));
+        assert_eq!(greedy(model.as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} Burn ops greedy");
+    }
 }
 
 /// The bytes of `file` with the first occurrence of `from` replaced by `to` (same length).

@@ -1,6 +1,7 @@
 //! Tiny random-weight Llama and Qwen2 models made by scripts/make_tiny_models.py with Python
 //! transformers: our logits must match the reference for every position, from both the GGUF and
-//! the safetensors copy, on flex and ndarray; and the KV cache must behave.
+//! the safetensors copy, on flex and ndarray, with the host kernels and with Burn ops (the path
+//! GPU devices take); and the KV cache must behave.
 
 mod common;
 
@@ -79,7 +80,32 @@ fn logits_match_transformers_on_ndarray() {
     for name in ["llama", "qwen2"] {
         let r = reference(name);
         check_logits(gguf_model(name, &device).as_ref(), &r, &format!("{name} gguf ndarray"));
-        assert_eq!(greedy(gguf_model(name, &device).as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} ndarray greedy");
+        // ndarray's own tensor ops, as a non-CPU device would run them.
+        let burn = engine::model::with_burn_ops(|| gguf_model(name, &device));
+        check_logits(burn.as_ref(), &r, &format!("{name} gguf ndarray, Burn ops"));
+        assert_eq!(greedy(burn.as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} ndarray greedy, Burn ops");
+    }
+}
+
+/// The Burn-op path (what wgpu runs: tensor activations, tensor KV cache, masked attention) on
+/// flex: the same logits, all at once and one token at a time.
+#[test]
+fn burn_ops_path_matches_transformers_and_decodes_incrementally() {
+    let device = Device::flex();
+    for name in ["llama", "qwen2"] {
+        let r = reference(name);
+        let model = engine::model::with_burn_ops(|| gguf_model(name, &device));
+        check_logits(model.as_ref(), &r, &format!("{name} gguf flex, Burn ops"));
+        let hf = engine::model::with_burn_ops(|| hf_model(name, &device));
+        check_logits(hf.as_ref(), &r, &format!("{name} safetensors flex, Burn ops"));
+        let mut cache = model.new_cache(64).unwrap();
+        let mut worst = 0f32;
+        for (i, &t) in r.tokens.iter().enumerate() {
+            let logits = model.forward(&[t], &mut cache, LogitRows::Last).unwrap();
+            worst = worst.max(max_abs_diff(logits.last(), &r.logits[i]));
+        }
+        assert!(worst < TOL, "{name}: incremental Burn-op decoding differs by {worst}");
+        assert_eq!(greedy(model.as_ref(), &r.tokens, r.greedy.len()), r.greedy, "{name} greedy, Burn ops");
     }
 }
 

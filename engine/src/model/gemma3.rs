@@ -6,12 +6,14 @@
 //! Norm weights follow the GGUF convention: the stored weight is the full scale (HF stores
 //! scale − 1 and adds the 1 in its forward; the HF weight source adds it when loading).
 
-use super::weights::{load, load_matrix, load_matrix_opt};
-use super::{gelu_tanh, logits_to_host, rms_norm, AttentionStep, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, Rope, RopeStyle, WeightSource};
+use super::act::{Act, Vector};
+use super::rope::Rope;
+use super::weights::{load_matrix, load_matrix_opt, load_vector};
+use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 /// Gemma 3 hyperparameters beyond the shared ones.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -133,28 +135,30 @@ pub struct Gemma3 {
     cfg: Gemma3Config,
     embed: Matrix,
     blocks: Vec<Block>,
-    final_norm: Tensor<1>,
+    final_norm: Vector,
     /// `None` when the LM head is the embedding matrix (every released Gemma 3).
     output: Option<Linear>,
     global_rope: Rope,
     local_rope: Rope,
     device: Device,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
+    host: bool,
 }
 
 struct Block {
-    attn_norm: Tensor<1>,
+    attn_norm: Vector,
     q: Linear,
     k: Linear,
     v: Linear,
-    q_norm: Tensor<1>,
-    k_norm: Tensor<1>,
+    q_norm: Vector,
+    k_norm: Vector,
     o: Linear,
-    post_attn_norm: Tensor<1>,
-    mlp_norm: Tensor<1>,
+    post_attn_norm: Vector,
+    mlp_norm: Vector,
     gate: Linear,
     up: Linear,
     down: Linear,
-    post_mlp_norm: Tensor<1>,
+    post_mlp_norm: Vector,
 }
 
 impl Gemma3 {
@@ -175,33 +179,33 @@ impl Gemma3 {
             .map(|i| {
                 let p = |t: &str| format!("blk.{i}.{t}");
                 Ok(Block {
-                    attn_norm: load(src, &p("attn_norm.weight"), [d], device)?,
+                    attn_norm: load_vector(src, &p("attn_norm.weight"), d, device)?,
                     q: linear(&p("attn_q"), q_out, d)?,
                     k: linear(&p("attn_k"), kv_out, d)?,
                     v: linear(&p("attn_v"), kv_out, d)?,
-                    q_norm: load(src, &p("attn_q_norm.weight"), [hd], device)?,
-                    k_norm: load(src, &p("attn_k_norm.weight"), [hd], device)?,
+                    q_norm: load_vector(src, &p("attn_q_norm.weight"), hd, device)?,
+                    k_norm: load_vector(src, &p("attn_k_norm.weight"), hd, device)?,
                     o: linear(&p("attn_output"), d, q_out)?,
-                    post_attn_norm: load(src, &p("post_attention_norm.weight"), [d], device)?,
-                    mlp_norm: load(src, &p("ffn_norm.weight"), [d], device)?,
+                    post_attn_norm: load_vector(src, &p("post_attention_norm.weight"), d, device)?,
+                    mlp_norm: load_vector(src, &p("ffn_norm.weight"), d, device)?,
                     gate: linear(&p("ffn_gate"), f, d)?,
                     up: linear(&p("ffn_up"), f, d)?,
                     down: linear(&p("ffn_down"), d, f)?,
-                    post_mlp_norm: load(src, &p("post_ffw_norm.weight"), [d], device)?,
+                    post_mlp_norm: load_vector(src, &p("post_ffw_norm.weight"), d, device)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let output = load_matrix_opt(src, "output.weight", c.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
-        let local = ModelConfig { rope_theta: cfg.local_rope_theta, ..c.clone() };
         Ok(Gemma3 {
             embed: load_matrix(src, "token_embd.weight", c.vocab_size, d, device)?,
-            final_norm: load(src, "output_norm.weight", [d], device)?,
-            global_rope: Rope::new(c, c.context_length, device),
-            local_rope: Rope::new(&local, c.context_length, device),
+            final_norm: load_vector(src, "output_norm.weight", d, device)?,
+            global_rope: Rope::new(c, c.rope_theta, c.context_length, device),
+            local_rope: Rope::new(c, cfg.local_rope_theta, c.context_length, device),
             cfg: Gemma3Config { base: ModelConfig { tied_embeddings: output.is_none(), ..c.clone() }, ..cfg },
             output,
             blocks,
             device: device.clone(),
+            host: super::uses_host_kernels(device),
         })
     }
 
@@ -210,30 +214,20 @@ impl Gemma3 {
     }
 }
 
-/// RMSNorm of every head vector of x: [b, n, heads, hd].
-fn head_norm(x: Tensor<4>, weight: &Tensor<1>, eps: f64) -> Tensor<4> {
-    let [b, n, h, hd] = x.dims();
-    rms_norm(x.reshape([b, n * h, hd]), weight, eps).reshape([b, n, h, hd])
-}
-
 impl Block {
-    #[allow(clippy::too_many_arguments)]
-    fn attention(&self, x: Tensor<3>, layer: usize, cache: &mut KvCache, step: &AttentionStep, cfg: &Gemma3Config, rope: &Rope) -> Tensor<3> {
-        let [b, n, _] = x.dims();
+    fn attention(&self, x: &Act, layer: usize, cache: &mut KvCache, positions: std::ops::Range<usize>, cfg: &Gemma3Config, rope: &Rope) -> Act {
         let c = &cfg.base;
-        let (nh, nkv, hd, eps) = (c.n_heads, c.n_kv_heads, c.head_dim, c.norm_eps);
-        let heads = |t: Tensor<3>, h: usize, norm: &Tensor<1>| head_norm(t.reshape([b, n, h, hd]), norm, eps).swap_dims(1, 2);
-        let positions = step.positions.clone();
-        let q = rope.apply(heads(self.q.forward(x.clone()), nh, &self.q_norm), positions.clone());
-        let k = rope.apply(heads(self.k.forward(x.clone()), nkv, &self.k_norm), positions.clone());
-        let v = self.v.forward(x).reshape([b, n, nkv, hd]).swap_dims(1, 2);
-        let (keys, values) = cache.append(layer, positions, k, v);
-        let out = step.attend(q, keys, values, cfg.query_scale, cfg.window(layer));
-        self.o.forward(out)
+        let (nh, nkv, eps) = (c.n_heads, c.n_kv_heads, c.norm_eps);
+        // RMSNorm of every head's query and key, then the rotation.
+        let q = rope.apply(self.q.forward(x).rms_norm_groups(&self.q_norm, eps, nh), positions.clone());
+        let k = rope.apply(self.k.forward(x).rms_norm_groups(&self.k_norm, eps, nkv), positions.clone());
+        let v = self.v.forward(x);
+        let shape = AttentionShape { heads: nh, kv_heads: nkv, head_dim: c.head_dim, scale: cfg.query_scale as f32, window: cfg.window(layer) };
+        self.o.forward(&cache.attend(layer, q, k, v, positions, &shape))
     }
 
-    fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(gelu_tanh(self.gate.forward(x.clone())) * self.up.forward(x))
+    fn mlp(&self, x: &Act) -> Act {
+        self.down.forward(&self.gate.forward(x).gelu_tanh().mul(&self.up.forward(x)))
     }
 }
 
@@ -247,28 +241,24 @@ impl CausalLm for Gemma3 {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
         let positions = cache.reserve(tokens.len())?;
-        let (n, d, eps) = (tokens.len(), c.hidden_size, c.norm_eps);
-        let layers = cache.n_layers();
-        let windows: Vec<Option<usize>> = (0..layers).map(|i| self.cfg.window(i)).collect();
-        let step = AttentionStep::new(positions.clone(), c.n_heads, c.n_kv_heads, &windows, super::uses_host_kernels(&self.device), &self.device);
-        let mut x = self.embed.gather_rows(tokens).reshape([1, n, d]).mul_scalar((d as f64).sqrt());
-        for (i, block) in self.blocks.iter().take(layers).enumerate() {
+        let (d, eps) = (c.hidden_size, c.norm_eps);
+        let mut x = self.embed.gather_rows(tokens).scale((d as f64).sqrt() as f32);
+        for (i, block) in self.blocks.iter().take(cache.n_layers()).enumerate() {
             let rope = if self.cfg.local_layers[i] { &self.local_rope } else { &self.global_rope };
-            let h = block.attention(rms_norm(x.clone(), &block.attn_norm, eps), i, cache, &step, &self.cfg, rope);
-            x = x + rms_norm(h, &block.post_attn_norm, eps);
-            let h = block.mlp(rms_norm(x.clone(), &block.mlp_norm, eps));
-            x = x + rms_norm(h, &block.post_mlp_norm, eps);
+            let h = block.attention(&x.clone().rms_norm(&block.attn_norm, eps), i, cache, positions.clone(), &self.cfg, rope);
+            x = x.add(&h.rms_norm(&block.post_attn_norm, eps));
+            let h = block.mlp(&x.clone().rms_norm(&block.mlp_norm, eps));
+            x = x.add(&h.rms_norm(&block.post_mlp_norm, eps));
         }
         cache.commit(positions.end);
         let x = match rows {
             LogitRows::All => x,
-            LogitRows::Last => x.slice([0..1, n - 1..n, 0..d]),
+            LogitRows::Last => x.last_row(),
         };
-        let x = rms_norm(x, &self.final_norm, eps);
-        let m = x.dims()[1];
+        let x = x.rms_norm(&self.final_norm, eps);
         let logits = match &self.output {
-            Some(head) => head.forward(x).reshape([m, c.vocab_size]),
-            None => self.embed.matmul_t(x.reshape([m, d])),
+            Some(head) => head.forward(&x),
+            None => self.embed.matmul_t(&x),
         };
         logits_to_host(logits)
     }
@@ -285,7 +275,7 @@ impl CausalLm for Gemma3 {
         if layers == 0 || layers > c.n_layers {
             return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", c.n_layers)));
         }
-        Ok(KvCache::new(layers, c.n_kv_heads, c.head_dim, capacity, &self.device))
+        Ok(KvCache::placed(layers, c.n_kv_heads, c.head_dim, capacity, &self.device, self.host))
     }
 
     fn config(&self) -> &ModelConfig {
@@ -295,56 +285,11 @@ impl CausalLm for Gemma3 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{attention_mask, AttentionStep};
-    use burn::tensor::{Device, Tensor, TensorData};
-
     #[test]
     fn layer_pattern_is_five_local_then_one_global() {
         let layers = super::Gemma3Config::pattern_layers(18, 6);
         let global: Vec<usize> = (0..18).filter(|&i| !layers[i]).collect();
         assert_eq!(global, [5, 11, 17]);
         assert!(super::Gemma3Config::pattern_layers(3, 0).iter().all(|&l| l));
-    }
-
-    #[test]
-    fn window_mask_lets_each_query_see_its_last_window_positions() {
-        let device = Device::flex();
-        // Queries at positions 3, 4 (start 3) with a window of 2, one query head per KV head.
-        let m = attention_mask(3..5, 1, Some(2), &device).unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let visible: Vec<Vec<bool>> = m.chunks(5).map(|row| row.iter().map(|v| *v == 0.0).collect()).collect();
-        assert_eq!(visible, [vec![false, false, true, true, false], vec![false, false, false, true, true]]);
-        // A single query with the window in effect still needs a mask; without a window it does not.
-        assert!(attention_mask(7..8, 2, Some(4), &device).is_some());
-        assert!(attention_mask(7..8, 2, None, &device).is_none());
-        assert!(attention_mask(2..3, 2, Some(4), &device).is_none());
-    }
-
-    /// The masked Burn-ops path (what GPU devices run) against the host kernel, on flex.
-    #[test]
-    fn masked_attention_matches_the_host_kernel_with_and_without_a_window() {
-        let device = Device::flex();
-        let (nh, nkv, hd, start, n) = (4, 2, 8, 5, 4);
-        let len = start + n;
-        let data = |count: usize, seed: u32| -> Vec<f32> {
-            (0..count).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
-        };
-        let t = |v: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
-        let q = t(data(nh * n * hd, 1), [1, nh, n, hd]);
-        let k = t(data(nkv * len * hd, 2), [1, nkv, len, hd]);
-        let v = t(data(nkv * len * hd, 3), [1, nkv, len, hd]);
-        for window in [None, Some(3), Some(1), Some(20)] {
-            let run = |host: bool| {
-                let step = AttentionStep::new(start..len, nh, nkv, &[window], host, &device);
-                step.attend(q.clone(), k.clone(), v.clone(), 0.35, window).into_data().try_to_vec::<f32>().unwrap()
-            };
-            let (host, masked) = (run(true), run(false));
-            let worst = host.iter().zip(&masked).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-            assert!(worst < 1e-5, "window {window:?}: masked path differs by {worst}");
-        }
-        // The window changes the result (it is not silently ignored by either path).
-        let full = AttentionStep::new(start..len, nh, nkv, &[None], true, &device).attend(q.clone(), k.clone(), v.clone(), 0.35, None);
-        let local = AttentionStep::new(start..len, nh, nkv, &[Some(3)], true, &device).attend(q, k, v, 0.35, Some(3));
-        let d: f32 = (full - local).abs().max().into_scalar();
-        assert!(d > 1e-3);
     }
 }

@@ -3,16 +3,14 @@
 //! passes through), a GELU MLP with biases, an untied output head, and attention and MLP either
 //! side by side on the same input (`use_parallel_residual`, as Pythia) or one after the other.
 
-use super::weights::{load, load_matrix};
-use super::{
-    gelu_tanh, layer_norm, logits_to_host, AttentionStep, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, Rope,
-    RopeStyle, WeightSource,
-};
+use super::act::{Act, Vector};
+use super::rope::Rope;
+use super::weights::{load_matrix, load_vector};
+use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 /// Which GELU the MLP applies (HF `hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,10 +31,10 @@ impl Gelu {
         }
     }
 
-    fn apply(self, x: Tensor<3>) -> Tensor<3> {
+    fn apply(self, x: Act) -> Act {
         match self {
-            Gelu::Erf => gelu(x),
-            Gelu::Tanh => gelu_tanh(x),
+            Gelu::Erf => x.gelu(),
+            Gelu::Tanh => x.gelu_tanh(),
         }
     }
 }
@@ -122,17 +120,19 @@ pub struct GptNeox {
     cfg: GptNeoxConfig,
     embed: Matrix,
     blocks: Vec<Block>,
-    final_norm: (Tensor<1>, Tensor<1>),
+    final_norm: (Vector, Vector),
     output: Linear,
     rope: Rope,
     device: Device,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
+    host: bool,
 }
 
 struct Block {
-    attn_norm: (Tensor<1>, Tensor<1>),
+    attn_norm: (Vector, Vector),
     qkv: Linear,
     o: Linear,
-    mlp_norm: (Tensor<1>, Tensor<1>),
+    mlp_norm: (Vector, Vector),
     up: Linear,
     down: Linear,
 }
@@ -157,11 +157,11 @@ impl GptNeox {
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?,
-                bias: if bias { Some(load(src, &format!("{name}.bias"), [out], device)?) } else { None },
+                bias: if bias { Some(load_vector(src, &format!("{name}.bias"), out, device)?) } else { None },
             })
         };
-        let norm = |name: &str| -> Result<(Tensor<1>, Tensor<1>)> {
-            Ok((load(src, &format!("{name}.weight"), [d], device)?, load(src, &format!("{name}.bias"), [d], device)?))
+        let norm = |name: &str| -> Result<(Vector, Vector)> {
+            Ok((load_vector(src, &format!("{name}.weight"), d, device)?, load_vector(src, &format!("{name}.bias"), d, device)?))
         };
         let blocks = (0..c.n_layers)
             .map(|i| {
@@ -180,9 +180,10 @@ impl GptNeox {
             embed: load_matrix(src, "token_embd.weight", c.vocab_size, d, device)?,
             final_norm: norm("output_norm")?,
             output: linear("output", c.vocab_size, d, false)?,
-            rope: Rope::new(c, c.context_length, device),
+            rope: Rope::new(c, c.rope_theta, c.context_length, device),
             blocks,
             device: device.clone(),
+            host: super::uses_host_kernels(device),
             cfg,
         })
     }
@@ -193,31 +194,46 @@ impl GptNeox {
 }
 
 impl Block {
-    fn attention(&self, x: Tensor<3>, layer: usize, cache: &mut KvCache, step: &AttentionStep, cfg: &GptNeoxConfig, rope: &Rope) -> Tensor<3> {
-        let [b, n, _] = x.dims();
+    fn attention(&self, x: &Act, layer: usize, cache: &mut KvCache, positions: std::ops::Range<usize>, cfg: &GptNeoxConfig, rope: &Rope) -> Act {
         let (nh, hd) = (cfg.base.n_heads, cfg.base.head_dim);
         let qkv = self.qkv.forward(x);
-        // [b, n, nh, hd] per part, whichever order the rows were stored in.
         let part = |i: usize| match cfg.qkv_layout {
-            QkvLayout::PerHead => qkv.clone().reshape([b, n, nh, 3 * hd]).slice([0..b, 0..n, 0..nh, i * hd..(i + 1) * hd]),
-            QkvLayout::Grouped => qkv.clone().slice([0..b, 0..n, i * nh * hd..(i + 1) * nh * hd]).reshape([b, n, nh, hd]),
+            QkvLayout::Grouped => qkv.columns(i * nh * hd..(i + 1) * nh * hd),
+            QkvLayout::PerHead => per_head_part(&qkv, nh, hd, i),
         };
-        let positions = step.positions.clone();
-        let q = rope.apply(part(0).swap_dims(1, 2), positions.clone());
-        let k = rope.apply(part(1).swap_dims(1, 2), positions.clone());
-        let v = part(2).swap_dims(1, 2);
-        let (keys, values) = cache.append(layer, positions, k, v);
-        let out = step.attend(q, keys, values, 1.0 / (hd as f64).sqrt(), None);
-        self.o.forward(out)
+        let q = rope.apply(part(0), positions.clone());
+        let k = rope.apply(part(1), positions.clone());
+        let shape = AttentionShape { heads: nh, kv_heads: nh, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), window: None };
+        self.o.forward(&cache.attend(layer, q, k, part(2), positions, &shape))
     }
 
-    fn mlp(&self, x: Tensor<3>, activation: Gelu) -> Tensor<3> {
-        self.down.forward(activation.apply(self.up.forward(x)))
+    fn mlp(&self, x: &Act, activation: Gelu) -> Act {
+        self.down.forward(&activation.apply(self.up.forward(x)))
     }
 }
 
-fn norm(x: Tensor<3>, (weight, bias): &(Tensor<1>, Tensor<1>), eps: f64) -> Tensor<3> {
-    layer_norm(x, weight, bias, eps)
+/// Part `i` (0 = q, 1 = k, 2 = v) of fused projections whose columns are grouped per head
+/// ([q, k, v] of head 0, then head 1, …): [n, heads·hd] with the heads in order.
+fn per_head_part(qkv: &Act, heads: usize, hd: usize, i: usize) -> Act {
+    match qkv {
+        Act::Host { data, cols } => {
+            let values = data
+                .chunks_exact(*cols)
+                .flat_map(|row| (0..heads).flat_map(move |h| &row[(3 * h + i) * hd..(3 * h + i + 1) * hd]))
+                .copied()
+                .collect();
+            Act::host(values, heads * hd)
+        }
+        Act::Device(t) => {
+            let n = t.dims()[0];
+            let t = t.clone().reshape([n, heads, 3 * hd]).slice([0..n, 0..heads, i * hd..(i + 1) * hd]);
+            Act::Device(t.reshape([n, heads * hd]))
+        }
+    }
+}
+
+fn norm(x: Act, (weight, bias): &(Vector, Vector), eps: f64) -> Act {
+    x.layer_norm(weight, bias, eps)
 }
 
 impl CausalLm for GptNeox {
@@ -230,28 +246,25 @@ impl CausalLm for GptNeox {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
         let positions = cache.reserve(tokens.len())?;
-        let (n, d, eps) = (tokens.len(), c.hidden_size, c.norm_eps);
-        let step = AttentionStep::new(positions.clone(), c.n_heads, c.n_kv_heads, &[None], super::uses_host_kernels(&self.device), &self.device);
-        let mut x = self.embed.gather_rows(tokens).reshape([1, n, d]);
+        let eps = c.norm_eps;
+        let mut x = self.embed.gather_rows(tokens);
         for (i, block) in self.blocks.iter().take(cache.n_layers()).enumerate() {
-            let attn = block.attention(norm(x.clone(), &block.attn_norm, eps), i, cache, &step, &self.cfg, &self.rope);
-            // The additions in transformers' order (mlp + attn + x; x + attn, then mlp + that).
+            let attn = block.attention(&norm(x.clone(), &block.attn_norm, eps), i, cache, positions.clone(), &self.cfg, &self.rope);
+            // The additions in transformers' order (mlp + attn + x; attn + x, then mlp + that).
             x = if self.cfg.parallel_residual {
-                let mlp = block.mlp(norm(x.clone(), &block.mlp_norm, eps), self.cfg.activation);
-                mlp + attn + x
+                let mlp = block.mlp(&norm(x.clone(), &block.mlp_norm, eps), self.cfg.activation);
+                mlp.add(&attn).add(&x)
             } else {
-                let x = attn + x;
-                block.mlp(norm(x.clone(), &block.mlp_norm, eps), self.cfg.activation) + x
+                let x = attn.add(&x);
+                block.mlp(&norm(x.clone(), &block.mlp_norm, eps), self.cfg.activation).add(&x)
             };
         }
         cache.commit(positions.end);
         let x = match rows {
             LogitRows::All => x,
-            LogitRows::Last => x.slice([0..1, n - 1..n, 0..d]),
+            LogitRows::Last => x.last_row(),
         };
-        let x = norm(x, &self.final_norm, eps);
-        let m = x.dims()[1];
-        logits_to_host(self.output.forward(x).reshape([m, c.vocab_size]))
+        logits_to_host(self.output.forward(&norm(x, &self.final_norm, eps)))
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
@@ -266,7 +279,7 @@ impl CausalLm for GptNeox {
         if layers == 0 || layers > c.n_layers {
             return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", c.n_layers)));
         }
-        Ok(KvCache::new(layers, c.n_kv_heads, c.head_dim, capacity, &self.device))
+        Ok(KvCache::placed(layers, c.n_kv_heads, c.head_dim, capacity, &self.device, self.host))
     }
 
     fn config(&self) -> &ModelConfig {

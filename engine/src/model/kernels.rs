@@ -7,9 +7,9 @@
 //! blocking with the row count and differ in the last bits, ~6e-5 on SmolLM2's logits).
 //!
 //! Rows share each weight row while it is in cache, so verifying k+1 tokens still reads the weights
-//! once. Work is split over output columns (rayon), which does not change any sum.
+//! once. Work is split over output columns ([`pool`]), which does not change any sum.
 
-use rayon::prelude::*;
+use super::pool;
 
 /// Multiply-adds below which a product runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 17;
@@ -166,7 +166,9 @@ where
     let cols: Vec<Vec<f32>> = if rows * out * inp < PARALLEL_MIN_WORK {
         (0..chunks).map(column_block).collect()
     } else {
-        (0..chunks).into_par_iter().map(column_block).collect()
+        let mut cols = vec![Vec::new(); chunks];
+        pool::for_each_chunk_mut(&mut cols, 1, |c, slot| slot[0] = column_block(c));
+        cols
     };
     for (c, part) in cols.iter().enumerate() {
         let n = part.len() / rows;
@@ -191,7 +193,9 @@ where
     if work < PARALLEL_MIN_WORK {
         yt.chunks_mut(rows).enumerate().for_each(|(j, col)| f(j, col));
     } else {
-        yt.par_chunks_mut(rows).with_min_len(COLS).enumerate().for_each(|(j, col)| f(j, col));
+        pool::for_each_chunk_mut(&mut yt, rows * COLS, |c, part| {
+            part.chunks_mut(rows).enumerate().for_each(|(t, col)| f(c * COLS + t, col));
+        });
     }
     let mut y = vec![0f32; rows * out];
     for (j, col) in yt.chunks_exact(rows).enumerate() {
@@ -237,60 +241,52 @@ mod tests {
 /// Causal attention for `n` new queries at positions `start..start + n`, row-invariant like
 /// [`matmul_wt`]: each query's scores, softmax and weighted sum use one fixed order.
 ///
-/// `q`: [heads, n, d]; `k`, `v`: [kv_heads, len, d] with len ≥ start + n (only the first start + i + 1
-/// keys are visible to query i, and with a sliding `window` only the last `window` of those);
-/// returns [n, heads·d]. Query head h reads KV head h / (heads / kv_heads).
-#[allow(clippy::too_many_arguments)]
-pub fn causal_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    heads: usize,
-    kv_heads: usize,
-    n: usize,
-    len: usize,
-    start: usize,
-    d: usize,
-    scale: f32,
-    window: Option<usize>,
-) -> Vec<f32> {
-    let group = heads / kv_heads;
+/// `q`: [n, heads, d]; `k`, `v`: [kv_heads, cap, d] (a cache of capacity `cap`) holding at least
+/// positions `..start + n`. Query i sees positions `start + i + 1 − window ..= start + i` (all
+/// earlier ones without a window); query head h reads KV head h / (heads / kv_heads). Returns
+/// [n, heads·d].
+pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], shape: &super::cache::AttentionShape, n: usize, cap: usize, start: usize) -> Vec<f32> {
+    let (heads, d) = (shape.heads, shape.head_dim);
+    let group = heads / shape.kv_heads;
     let head = |h: usize| -> Vec<f32> {
-            let kv = h / group;
-            let keys = &k[kv * len * d..(kv + 1) * len * d];
-            let values = &v[kv * len * d..(kv + 1) * len * d];
-            let mut out = vec![0f32; n * d];
-            let mut scores = vec![0f32; start + n];
-            for i in 0..n {
-                let query = &q[(h * n + i) * d..(h * n + i + 1) * d];
-                let end = start + i + 1;
-                let first = window.map_or(0, |w| end.saturating_sub(w));
-                let visible = end - first;
-                let mut max = f32::NEG_INFINITY;
-                for (t, s) in scores[..visible].iter_mut().enumerate() {
-                    *s = dot(query, &keys[(first + t) * d..(first + t + 1) * d]) * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in &mut scores[..visible] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut out[i * d..(i + 1) * d];
-                for (t, &s) in scores[..visible].iter().enumerate() {
-                    let w = s * inv;
-                    for (oj, vj) in o.iter_mut().zip(&values[(first + t) * d..(first + t + 1) * d]) {
-                        *oj += w * vj;
-                    }
+        let kv = h / group;
+        let keys = &k[kv * cap * d..(kv + 1) * cap * d];
+        let values = &v[kv * cap * d..(kv + 1) * cap * d];
+        let mut out = vec![0f32; n * d];
+        let mut scores = vec![0f32; start + n];
+        for i in 0..n {
+            let query = &q[(i * heads + h) * d..(i * heads + h + 1) * d];
+            let end = start + i + 1;
+            let first = shape.window.map_or(0, |w| end.saturating_sub(w));
+            let visible = &mut scores[first..end];
+            let mut max = f32::NEG_INFINITY;
+            for (t, s) in visible.iter_mut().enumerate() {
+                let pos = first + t;
+                *s = dot(query, &keys[pos * d..(pos + 1) * d]) * shape.scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in visible.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            let o = &mut out[i * d..(i + 1) * d];
+            for (t, &s) in visible.iter().enumerate() {
+                let (w, pos) = (s * inv, first + t);
+                for (oj, vj) in o.iter_mut().zip(&values[pos * d..(pos + 1) * d]) {
+                    *oj += w * vj;
                 }
             }
-            out
+        }
+        out
     };
     let per_head: Vec<Vec<f32>> = if heads * n * (start + n) * d < PARALLEL_MIN_WORK {
         (0..heads).map(head).collect()
     } else {
-        (0..heads).into_par_iter().map(head).collect()
+        let mut per_head = vec![Vec::new(); heads];
+        pool::for_each_chunk_mut(&mut per_head, 1, |h, slot| slot[0] = head(h));
+        per_head
     };
     let mut y = vec![0f32; n * heads * d];
     for (h, out) in per_head.iter().enumerate() {

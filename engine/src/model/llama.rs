@@ -2,32 +2,35 @@
 //! biases on the Q/K/V projections and NeoX rotary). Pre-norm decoder blocks with RMSNorm,
 //! rotary position embeddings, grouped-query attention and a SwiGLU MLP.
 
-use super::weights::{load, load_matrix, load_matrix_opt};
-use super::{logits_to_host, rms_norm, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, Rope, RopeStyle, WeightSource};
+use super::act::{Act, Vector};
+use super::rope::Rope;
+use super::weights::{load_matrix, load_matrix_opt, load_vector};
+use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 pub struct Llama {
     cfg: ModelConfig,
     embed: Matrix,
     blocks: Vec<Block>,
-    final_norm: Tensor<1>,
+    final_norm: Vector,
     /// `None` when the LM head is tied to the embedding matrix.
     output: Option<Linear>,
     rope: Rope,
     device: Device,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
+    host: bool,
 }
 
 struct Block {
-    attn_norm: Tensor<1>,
+    attn_norm: Vector,
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    mlp_norm: Tensor<1>,
+    mlp_norm: Vector,
     gate: Linear,
     up: Linear,
     down: Linear,
@@ -98,19 +101,19 @@ impl Llama {
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?,
-                bias: if bias { Some(load(src, &format!("{name}.bias"), [out], device)?) } else { None },
+                bias: if bias { Some(load_vector(src, &format!("{name}.bias"), out, device)?) } else { None },
             })
         };
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let p = |t: &str| format!("blk.{i}.{t}");
                 Ok(Block {
-                    attn_norm: load(src, &p("attn_norm.weight"), [d], device)?,
+                    attn_norm: load_vector(src, &p("attn_norm.weight"), d, device)?,
                     q: linear(&p("attn_q"), q_out, d, cfg.qkv_bias)?,
                     k: linear(&p("attn_k"), kv_out, d, cfg.qkv_bias)?,
                     v: linear(&p("attn_v"), kv_out, d, cfg.qkv_bias)?,
                     o: linear(&p("attn_output"), d, q_out, false)?,
-                    mlp_norm: load(src, &p("ffn_norm.weight"), [d], device)?,
+                    mlp_norm: load_vector(src, &p("ffn_norm.weight"), d, device)?,
                     gate: linear(&p("ffn_gate"), f, d, false)?,
                     up: linear(&p("ffn_up"), f, d, false)?,
                     down: linear(&p("ffn_down"), d, f, false)?,
@@ -118,80 +121,39 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let output = load_matrix_opt(src, "output.weight", cfg.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
-        let rope = Rope::new(&cfg, cfg.context_length, device);
+        let rope = Rope::new(&cfg, cfg.rope_theta, cfg.context_length, device);
         let tied_embeddings = output.is_none();
         Ok(Llama {
             embed: load_matrix(src, "token_embd.weight", cfg.vocab_size, d, device)?,
-            final_norm: load(src, "output_norm.weight", [d], device)?,
+            final_norm: load_vector(src, "output_norm.weight", d, device)?,
             output,
             blocks,
             rope,
             cfg: ModelConfig { tied_embeddings, ..cfg },
             device: device.clone(),
+            host: super::uses_host_kernels(device),
         })
     }
 }
 
 impl Block {
-    fn attention(&self, x: Tensor<3>, layer: usize, cache: &mut KvCache, ctx: &Step, cfg: &ModelConfig, rope: &Rope) -> Tensor<3> {
-        let [b, n, _] = x.dims();
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let heads = |t: Tensor<3>, h: usize| t.reshape([b, n, h, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.q.forward(x.clone()), nh), ctx.positions.clone());
-        let k = rope.apply(heads(self.k.forward(x.clone()), nkv), ctx.positions.clone());
-        let v = heads(self.v.forward(x), nkv);
-        let (keys, values) = cache.append(layer, ctx.positions.clone(), k, v);
-        let scale = 1.0 / (hd as f64).sqrt();
-        if ctx.host_kernels {
-            let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 activations");
-            let len = ctx.positions.end;
-            let out = super::kernels::causal_attention(
-                &host(q), &host(keys), &host(values), nh, nkv, n, len, ctx.positions.start, hd, scale as f32, None,
-            );
-            let out = Tensor::<3>::from_data(TensorData::new(out, [b, n, nh * hd]), &ctx.device);
-            return self.o.forward(out);
-        }
-        // Grouped-query attention without copying K/V: the query heads that share a KV head are
-        // stacked along the row axis, so each KV head is one matmul.
-        let group = nh / nkv;
-        let q = q.reshape([b, nkv, group * n, hd]);
-        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(scale);
-        let scores = match &ctx.mask {
-            Some(mask) => scores + mask.clone(),
-            None => scores,
+    fn attention(&self, x: &Act, layer: usize, cache: &mut KvCache, positions: std::ops::Range<usize>, cfg: &ModelConfig, rope: &Rope) -> Act {
+        let q = rope.apply(self.q.forward(x), positions.clone());
+        let k = rope.apply(self.k.forward(x), positions.clone());
+        let v = self.v.forward(x);
+        let shape = AttentionShape {
+            heads: cfg.n_heads,
+            kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            window: None,
         };
-        let out = softmax(scores, 3).matmul(values);
-        let out = out.reshape([b, nh, n, hd]).swap_dims(1, 2).reshape([b, n, nh * hd]);
-        self.o.forward(out)
+        self.o.forward(&cache.attend(layer, q, k, v, positions, &shape))
     }
 
-    fn mlp(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    fn mlp(&self, x: &Act) -> Act {
+        self.down.forward(&self.gate.forward(x).silu().mul(&self.up.forward(x)))
     }
-}
-
-/// What every layer of one forward pass shares.
-struct Step {
-    positions: std::ops::Range<usize>,
-    /// Additive causal mask over [group·n, positions.end]; `None` for a single token or host kernels.
-    mask: Option<Tensor<4>>,
-    /// CPU device: attention runs in the batch-invariant host kernel.
-    host_kernels: bool,
-    device: Device,
-}
-
-/// 0 where query row r (position start + r mod n) may see key j, −∞ elsewhere.
-pub(super) fn causal_mask(n: usize, start: usize, group: usize, device: &Device) -> Option<Tensor<4>> {
-    if n == 1 {
-        return None;
-    }
-    let end = start + n;
-    let mut m = vec![0f32; group * n * end];
-    for r in 0..group * n {
-        let visible = start + r % n + 1;
-        m[r * end + visible..(r + 1) * end].fill(f32::NEG_INFINITY);
-    }
-    Some(Tensor::from_data(TensorData::new(m, [1, 1, group * n, end]), device))
 }
 
 impl CausalLm for Llama {
@@ -204,32 +166,23 @@ impl CausalLm for Llama {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
         }
         let positions = cache.reserve(tokens.len())?;
-        let (n, d) = (tokens.len(), cfg.hidden_size);
-        let mut x = self.embed.gather_rows(tokens).reshape([1, n, d]);
-        let host_kernels = super::uses_host_kernels(&self.device);
-        let step = Step {
-            mask: if host_kernels { None } else { causal_mask(n, positions.start, cfg.n_heads / cfg.n_kv_heads, &self.device) },
-            positions: positions.clone(),
-            host_kernels,
-            device: self.device.clone(),
-        };
+        let mut x = self.embed.gather_rows(tokens);
         // A cache with fewer layers runs only those first blocks (a layer-skip draft).
         for (i, block) in self.blocks.iter().take(cache.n_layers()).enumerate() {
-            let h = block.attention(rms_norm(x.clone(), &block.attn_norm, cfg.norm_eps), i, cache, &step, cfg, &self.rope);
-            x = x + h;
-            let h = block.mlp(rms_norm(x.clone(), &block.mlp_norm, cfg.norm_eps));
-            x = x + h;
+            let h = block.attention(&x.clone().rms_norm(&block.attn_norm, cfg.norm_eps), i, cache, positions.clone(), cfg, &self.rope);
+            x = x.add(&h);
+            let h = block.mlp(&x.clone().rms_norm(&block.mlp_norm, cfg.norm_eps));
+            x = x.add(&h);
         }
         cache.commit(positions.end);
         let x = match rows {
             LogitRows::All => x,
-            LogitRows::Last => x.slice([0..1, n - 1..n, 0..d]),
+            LogitRows::Last => x.last_row(),
         };
-        let x = rms_norm(x, &self.final_norm, cfg.norm_eps);
-        let m = x.dims()[1];
+        let x = x.rms_norm(&self.final_norm, cfg.norm_eps);
         let logits = match &self.output {
-            Some(head) => head.forward(x).reshape([m, cfg.vocab_size]),
-            None => self.embed.matmul_t(x.reshape([m, d])),
+            Some(head) => head.forward(&x),
+            None => self.embed.matmul_t(&x),
         };
         logits_to_host(logits)
     }
@@ -245,7 +198,7 @@ impl CausalLm for Llama {
         if layers == 0 || layers > self.cfg.n_layers {
             return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", self.cfg.n_layers)));
         }
-        Ok(KvCache::new(layers, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, &self.device))
+        Ok(KvCache::placed(layers, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, &self.device, self.host))
     }
 
     fn config(&self) -> &ModelConfig {

@@ -1,11 +1,18 @@
 //! Integer dot products of quantized weight rows with 8-bit activations, the way llama.cpp
-//! multiplies quantized matrices: each activation row is quantized to blocks of 32 signed bytes
-//! with one f32 scale (Q8), and a weight block times an activation block is one integer
-//! multiply-add pass (`vpmaddubsw` + `vpmaddwd`), scaled once per block.
+//! multiplies quantized matrices. Each activation row is quantized alone, in the block layout its
+//! weight format pairs with:
 //!
-//! It reads the weights once per token like the f32-activation path but does ~4× less work per
-//! weight, which is what decode on a CPU is bound by once weights are 4-bit. Activation rounding
-//! costs accuracy (relative error ~ 1/254 per value; the reference-logit tests state the
+//! - [`Q8Row`], blocks of 32 with one f32 scale, for the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1,
+//!   Q8_0): a weight block times an activation block is one integer multiply-add pass
+//!   (`vpmaddubsw` + `vpmaddwd`) scaled once per block;
+//! - [`Q8KRow`], super-blocks of 256 with one scale and per-16 sums, for the K formats (Q4_K,
+//!   Q5_K, Q6_K): the sub-block scales are applied in the integer domain (`vpmaddwd` with the
+//!   scales), sums stay integers over the whole super-block and turn into floats once per 256
+//!   values; the formats' offsets (Q4_K/Q5_K mins, Q6_K's −32) come from the activation sums.
+//!
+//! Per (weight row, activation row) the K kernels do four vector operations per 32 values, which
+//! is what lets a (k+1)-row verification cost little more than one decode step. Activation
+//! rounding costs accuracy (relative error ~ 1/254 per value; the reference-logit tests state the
 //! tolerance), never batch invariance: a row is quantized alone and every (weight row, activation
 //! row) pair goes through the same routine in the same order, however many rows are multiplied.
 
@@ -30,23 +37,148 @@ impl Q8Row {
     /// Quantizes `x` (whose length is a multiple of 32).
     pub fn new(x: &[f32]) -> Self {
         assert_eq!(x.len() % QK, 0);
-        let blocks = x.len() / QK;
-        let (mut q, mut d, mut sum) = (vec![0i8; x.len()], Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        for (xb, qb) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)) {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut s = 0i32;
-            for (v, out) in xb.iter().zip(qb.iter_mut()) {
-                *out = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                s += *out as i32;
-            }
-            d.push(scale);
-            sum.push(s);
-        }
+        let (q, d) = quantize_blocks(x, QK);
+        let sum: Vec<i32> = q.chunks_exact(QK).map(|c| c.iter().map(|&v| v as i32).sum()).collect();
         let ds = d.iter().zip(&sum).map(|(d, &s)| d * s as f32).collect();
         Q8Row { q, d, sum, ds }
     }
+}
+
+/// Values per activation super-block ([`Q8KRow`]).
+pub const QK_K: usize = 256;
+
+/// One activation row quantized to super-blocks of 256 values (llama.cpp's Q8_K).
+pub struct Q8KRow {
+    /// round(x / d) per value, in [-127, 127].
+    pub q: Vec<i8>,
+    /// Scale per super-block: max|x| / 127.
+    pub d: Vec<f32>,
+    /// Σ q per 16 values (Q6_K's offset) …
+    pub sums16: Vec<i16>,
+    /// … and per 32 values (the Q4_K/Q5_K minimums).
+    pub sums32: Vec<i16>,
+}
+
+impl Q8KRow {
+    /// Quantizes `x` (whose length is a multiple of 256).
+    pub fn new(x: &[f32]) -> Self {
+        assert_eq!(x.len() % QK_K, 0);
+        let (q, d) = quantize_blocks(x, QK_K);
+        let sums16: Vec<i16> = q.chunks_exact(16).map(|c| c.iter().map(|&v| v as i16).sum()).collect();
+        let sums32 = sums16.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+        Q8KRow { q, d, sums16, sums32 }
+    }
+}
+
+/// Quantizes each block of `block` values (a multiple of 32) to i8 with scale max|x| / 127,
+/// rounding to nearest with ties to even: the vector conversion's rounding, so the AVX2 path and
+/// [`quantize_block_scalar`] give the same bytes.
+fn quantize_blocks(x: &[f32], block: usize) -> (Vec<i8>, Vec<f32>) {
+    assert_eq!(block % 32, 0);
+    let mut q = vec![0i8; x.len()];
+    let d = x
+        .chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .map(|(xb, qb)| {
+            #[cfg(target_arch = "x86_64")]
+            if available() {
+                // SAFETY: AVX2 is available; both blocks hold `block` values, a multiple of 32.
+                return unsafe { avx2::quantize_block(xb, qb) };
+            }
+            quantize_block_scalar(xb, qb)
+        })
+        .collect();
+    (q, d)
+}
+
+/// One block: writes round(x / d) into `qb` and returns d.
+fn quantize_block_scalar(xb: &[f32], qb: &mut [i8]) -> f32 {
+    let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (v, out) in xb.iter().zip(qb.iter_mut()) {
+        *out = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
+/// An activation row in the layout some weight formats multiply with.
+pub trait Activations: Sized + Sync {
+    fn quantize(x: &[f32]) -> Self;
+
+    /// The quantized values.
+    fn values(&self) -> &[i8];
+
+    /// The step (scale) of value `i`: it stands for `values()[i] as f32 * step(i)`.
+    fn step(&self, i: usize) -> f32;
+
+    /// Σ w·x of one weight row (blocks of `ty`) with R activation rows, bitwise equal to R
+    /// separate calls.
+    ///
+    /// # Panics
+    /// When the CPU lacks the features of [`available`] or `ty` does not pair with this layout.
+    fn dot_rows<const R: usize>(ty: GgmlType, row: &[u8], x: [&Self; R]) -> [f32; R];
+}
+
+impl Activations for Q8Row {
+    fn quantize(x: &[f32]) -> Self {
+        Q8Row::new(x)
+    }
+
+    fn values(&self) -> &[i8] {
+        &self.q
+    }
+
+    fn step(&self, i: usize) -> f32 {
+        self.d[i / QK]
+    }
+
+    fn dot_rows<const R: usize>(ty: GgmlType, row: &[u8], x: [&Self; R]) -> [f32; R] {
+        assert!(available() && handles(ty) && !super_blocks(ty), "no 32-block Q8 path for {}", ty.name());
+        for xr in x {
+            assert_eq!(row.len(), ty.bytes_for(xr.q.len()));
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU features were checked above; sizes match (asserted).
+        unsafe {
+            avx2::dot(ty, row, x)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!()
+    }
+}
+
+impl Activations for Q8KRow {
+    fn quantize(x: &[f32]) -> Self {
+        Q8KRow::new(x)
+    }
+
+    fn values(&self) -> &[i8] {
+        &self.q
+    }
+
+    fn step(&self, i: usize) -> f32 {
+        self.d[i / QK_K]
+    }
+
+    fn dot_rows<const R: usize>(ty: GgmlType, row: &[u8], x: [&Self; R]) -> [f32; R] {
+        assert!(available() && super_blocks(ty), "no super-block Q8 path for {}", ty.name());
+        for xr in x {
+            assert_eq!(row.len(), ty.bytes_for(xr.q.len()));
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU features were checked above; sizes match (asserted).
+        unsafe {
+            avx2::dot_k(ty, row, x)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!()
+    }
+}
+
+/// Whether `ty`'s integer path takes [`Q8KRow`] activations (the K formats) rather than [`Q8Row`].
+pub fn super_blocks(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K)
 }
 
 /// Weight formats with an integer path.
@@ -71,70 +203,17 @@ pub fn available() -> bool {
     false
 }
 
-/// Σ w·x for one weight row (`row`, blocks of `ty`) and one quantized activation row.
-///
-/// # Panics
-/// When the CPU lacks the features of [`available`] or the type is not [`handles`]d.
-pub fn dot(ty: GgmlType, row: &[u8], x: &Q8Row) -> f32 {
-    dot_rows(ty, row, [x])[0]
-}
-
-/// [`dot`] for R activation rows at once (the weight row is unpacked once); bitwise equal to R
-/// calls of [`dot`].
-pub fn dot_rows<const R: usize>(ty: GgmlType, row: &[u8], x: [&Q8Row; R]) -> [f32; R] {
-    assert!(available() && handles(ty), "the Q8 integer path is not available for {}", ty.name());
-    for xr in x {
-        assert_eq!(row.len(), ty.bytes_for(xr.q.len()));
-    }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU features were checked above; sizes match (asserted).
-    unsafe {
-        avx2::dot(ty, row, x)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!()
-}
-
-/// The same sums in plain integer arithmetic (the definition the vector code is tested against).
-pub fn dot_reference(ty: GgmlType, row: &[u8], x: &Q8Row) -> f64 {
-    let mut total = 0f64;
-    let f16 = |b: &[u8], i: usize| half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32() as f64;
-    let xb = |blk: usize| (&x.q[blk * QK..(blk + 1) * QK], x.d[blk] as f64);
-    match ty {
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
-            for (blk, b) in row.chunks_exact(ty.block_bytes()).enumerate() {
-                let (xq, dx) = xb(blk);
-                let (d, m, q): (f64, f64, Vec<i32>) = match ty {
-                    GgmlType::Q8_0 => (f16(b, 0), 0.0, b[2..34].iter().map(|&v| v as i8 as i32).collect()),
-                    _ => {
-                        let (off, m, qs) = if ty == GgmlType::Q4_0 { (8, 0.0, &b[2..18]) } else { (0, f16(b, 2), &b[4..20]) };
-                        let lo = qs.iter().map(|&v| (v & 15) as i32 - off);
-                        (f16(b, 0), m, lo.chain(qs.iter().map(|&v| (v >> 4) as i32 - off)).collect())
-                    }
-                };
-                let qx: i64 = q.iter().zip(xq).map(|(&a, &b)| a as i64 * b as i64).sum();
-                let sx: i64 = xq.iter().map(|&v| v as i64).sum();
-                total += d * dx * qx as f64 + m * dx * sx as f64;
-            }
-        }
-        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => {
-            // The f32-dequantized weights (one rounding of the combined scale, ~1e-7 relative),
-            // multiplied in f64.
-            let mut w = vec![0f32; x.q.len()];
-            crate::gguf::dequantize(ty, row, &mut w).unwrap();
-            for (blk, wb) in w.chunks_exact(QK).enumerate() {
-                let (xq, dx) = xb(blk);
-                total += wb.iter().zip(xq).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * dx;
-            }
-        }
-        other => panic!("no Q8 path for {}", other.name()),
-    }
-    total
+/// Σ w·x in f64 from the dequantized weights and the dequantized activations: the definition the
+/// vector code is tested against (equal up to f32 rounding of the scales and the final sums).
+pub fn dot_reference<A: Activations>(ty: GgmlType, row: &[u8], x: &A) -> f64 {
+    let mut w = vec![0f32; x.values().len()];
+    crate::gguf::dequantize(ty, row, &mut w).expect("row size matches the activations");
+    w.iter().zip(x.values()).enumerate().map(|(i, (&a, &q))| a as f64 * q as f64 * x.step(i) as f64).sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
-    use super::{GgmlType, Q8Row, QK};
+    use super::{GgmlType, Q8KRow, Q8Row, QK, QK_K};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -203,10 +282,19 @@ pub(super) mod avx2 {
             GgmlType::Q8_0 => dot32::<2, R>(row, x),
             GgmlType::Q5_0 => dot32::<3, R>(row, x),
             GgmlType::Q5_1 => dot32::<4, R>(row, x),
+            _ => unreachable!("dot_rows gates the types"),
+        }
+    }
+
+    /// # Safety
+    /// AVX2, FMA and F16C must be available; `row` holds the super-blocks of each `x`'s values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_k<const R: usize>(ty: GgmlType, row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
+        match ty {
             GgmlType::Q4K => dot_k45::<false, R>(row, x),
             GgmlType::Q5K => dot_k45::<true, R>(row, x),
             GgmlType::Q6K => dot_q6k::<R>(row, x),
-            _ => unreachable!("handles() gates the types"),
+            _ => unreachable!("dot_rows gates the types"),
         }
     }
 
@@ -312,26 +400,74 @@ pub(super) mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_k45<const FIVE: bool, const R: usize>(row: &[u8], x: [&Q8Row; R]) -> [f32; R] {
+    fn load16i(v: &[i16]) -> __m256i {
+        assert!(v.len() >= 16);
+        // SAFETY: 16 readable i16 (asserted).
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load8i(v: &[i16]) -> __m128i {
+        assert!(v.len() >= 8);
+        // SAFETY: 8 readable i16 (asserted).
+        unsafe { _mm_loadu_si128(v.as_ptr().cast()) }
+    }
+
+    /// [`super::quantize_block_scalar`] with 32 values per step.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `xb` and `qb` have the same length, a multiple of 32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize_block(xb: &[f32], qb: &mut [i8]) -> f32 {
+        assert!(xb.len() == qb.len() && xb.len() % 32 == 0);
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut m = _mm256_setzero_ps();
+        for c in xb.chunks_exact(8) {
+            // SAFETY: 8 readable f32.
+            m = _mm256_max_ps(m, _mm256_and_ps(abs, unsafe { _mm256_loadu_ps(c.as_ptr()) }));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (c, o) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)) {
+            // SAFETY: 32 readable f32 in c (4 loads of 8).
+            let i: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(unsafe { _mm256_loadu_ps(c.as_ptr().add(8 * k)) }, inv)));
+            // Saturating packs interleave 128-bit lanes; the permutation restores the order.
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            // SAFETY: 32 writable bytes in o.
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm256_permutevar8x32_epi32(packed, order)) };
+        }
+        scale
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum128(v: __m128) -> f32 {
+        let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Q4_K / Q5_K × Q8_K. Per super-block: Σ over sub-blocks j of scale_j · Σ q·x in integers
+    /// (`vpmaddubsw`, then `vpmaddwd` with the scale), one float multiply-add with d·dx; the
+    /// minimums contribute dmin·dx·Σ_j min_j·Σx_j from the activation sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_k45<const FIVE: bool, const R: usize>(row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
         let bb = if FIVE { 176 } else { 144 };
         let low4 = _mm256_set1_epi8(0x0F);
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut off = [_mm256_setzero_ps(); R];
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_min = [_mm_setzero_ps(); R];
         for (sb, b) in row.chunks_exact(bb).enumerate() {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let sm = k4_scales_mins(&b[4..16]);
-            // SAFETY: sm holds 16 bytes; each load reads 8 of them.
-            let (sc, mins) = unsafe { (_mm_loadl_epi64(sm.as_ptr().cast()), _mm_loadl_epi64(sm.as_ptr().add(8).cast())) };
-            let dsc = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc)));
-            let m = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mins)));
-            // Per row and sub-block: d·scale·dx, and the offsets dmin·min·(dx·Σq) of all eight at once.
-            let mut s = [[0f32; 8]; R];
-            for r in 0..R {
-                // SAFETY: s[r] holds 8 f32.
-                unsafe { _mm256_storeu_ps(s[r].as_mut_ptr(), _mm256_mul_ps(dsc, load8f(&x[r].d[sb * 8..]))) };
-                off[r] = _mm256_fmadd_ps(m, load8f(&x[r].ds[sb * 8..]), off[r]);
-            }
+            // SAFETY: sm holds 16 bytes; the load reads the last 8 (the minimums).
+            let mins = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(sm.as_ptr().add(8).cast()) });
             let (qh, qs) = if FIVE { (load32(&b[16..48]), &b[48..176]) } else { (_mm256_setzero_si256(), &b[16..144]) };
+            let mut sums = [_mm256_setzero_si256(); R];
             for c in 0..4 {
                 let ql = load32(&qs[32 * c..]);
                 let mut lo = _mm256_and_si256(ql, low4);
@@ -340,69 +476,73 @@ pub(super) mod avx2 {
                     lo = _mm256_add_epi8(lo, fifth_bit(qh, 2 * c as u32));
                     hi = _mm256_add_epi8(hi, fifth_bit(qh, 2 * c as u32 + 1));
                 }
-                let blk = sb * 8 + 2 * c;
+                let (s_lo, s_hi) = (_mm256_set1_epi16(sm[2 * c] as i16), _mm256_set1_epi16(sm[2 * c + 1] as i16));
+                let at = sb * QK_K + 64 * c;
                 for r in 0..R {
-                    let plo = mul_u8_i8(lo, load32i(&x[r].q[blk * QK..]));
-                    let phi = mul_u8_i8(hi, load32i(&x[r].q[(blk + 1) * QK..]));
-                    acc[r][0] = _mm256_fmadd_ps(plo, _mm256_set1_ps(s[r][2 * c]), acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(phi, _mm256_set1_ps(s[r][2 * c + 1]), acc[r][1]);
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32i(&x[r].q[at..])), s_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32i(&x[r].q[at + 32..])), s_hi);
+                    sums[r] = _mm256_add_epi32(sums[r], _mm256_add_epi32(p_lo, p_hi));
                 }
+            }
+            for r in 0..R {
+                let dx = x[r].d[sb];
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sums[r]), acc[r]);
+                let m = _mm_madd_epi16(mins, load8i(&x[r].sums32[sb * 8..]));
+                acc_min[r] = _mm_fmadd_ps(_mm_set1_ps(dmin * dx), _mm_cvtepi32_ps(m), acc_min[r]);
             }
         }
-        std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1])) - hsum(off[r]))
+        std::array::from_fn(|r| hsum(acc[r]) - hsum128(acc_min[r]))
     }
 
+    /// Q6_K × Q8_K: the 6-bit values are multiplied unsigned (0..64) with their signed 16-value
+    /// scales in integers, and the −32 offset is taken off as 32·Σ_i scale_i·Σx_i once per
+    /// super-block.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_q6k<const R: usize>(row: &[u8], x: [&Q8Row; R]) -> [f32; R] {
-        let (low4, k32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(32));
-        let (mut acc0, mut acc1) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+    fn dot_q6k<const R: usize>(row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); R];
         for (sb, b) in row.chunks_exact(210).enumerate() {
             let d = f16_at(b, 208);
-            // Scale i covers values 16i..16i + 16, inside activation block i / 2.
-            let mut s = [[0f32; 16]; R];
-            for r in 0..R {
-                for (i, v) in s[r].iter_mut().enumerate() {
-                    *v = d * x[r].d[sb * 8 + i / 2] * (b[192 + i] as i8 as f32);
-                }
-            }
+            let sc = &b[192..208];
+            // SAFETY: sc holds 16 bytes.
+            let scales = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            let mut sums = [_mm256_setzero_si256(); R];
             for half in 0..2 {
                 let ql_a = load32(&b[half * 64..]);
                 let ql_b = load32(&b[half * 64 + 32..]);
                 let qh = load32(&b[128 + half * 32..]);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql_a, low4), six_high(qh)),
-                    _mm256_or_si256(_mm256_and_si256(ql_b, low4), six_high(_mm256_srli_epi16::<2>(qh))),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_a), low4), six_high(_mm256_srli_epi16::<4>(qh))),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql_b), low4), six_high(_mm256_srli_epi16::<6>(qh))),
-                ];
-                // Group g: 32 signed values of activation block sb·8 + half·4 + g, scale i = half·8 + 2g
-                // for values 0..16 (lanes 0..4 of the product) and i + 1 for values 16..32.
-                macro_rules! group {
-                    ($g:expr, $acc:ident) => {{
-                        let (g, i) = ($g, half * 8 + 2 * $g);
-                        let qs = _mm256_sub_epi8(q[g], k32);
-                        for r in 0..R {
-                            let scale = _mm256_set_m128(_mm_set1_ps(s[r][i + 1]), _mm_set1_ps(s[r][i]));
-                            $acc[r] = _mm256_fmadd_ps(mul_i8_i8(qs, load32i(&x[r].q[(sb * 8 + half * 4 + g) * QK..])), scale, $acc[r]);
-                        }
-                    }};
+                // Group g: 32 values; values 0..16 use scale half·8 + 2g, values 16..32 the next.
+                for g in 0..4 {
+                    let ql = match g {
+                        0 => ql_a,
+                        1 => ql_b,
+                        2 => _mm256_srli_epi16::<4>(ql_a),
+                        _ => _mm256_srli_epi16::<4>(ql_b),
+                    };
+                    let high = match g {
+                        0 => qh,
+                        1 => _mm256_srli_epi16::<2>(qh),
+                        2 => _mm256_srli_epi16::<4>(qh),
+                        _ => _mm256_srli_epi16::<6>(qh),
+                    };
+                    let q = _mm256_or_si256(_mm256_and_si256(ql, low4), six_high(high));
+                    let i = half * 8 + 2 * g;
+                    let s = _mm256_set_m128i(_mm_set1_epi16(sc[i + 1] as i8 as i16), _mm_set1_epi16(sc[i] as i8 as i16));
+                    let at = sb * QK_K + half * 128 + 32 * g;
+                    for r in 0..R {
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32i(&x[r].q[at..])), s);
+                        sums[r] = _mm256_add_epi32(sums[r], p);
+                    }
                 }
-                group!(0, acc0);
-                group!(1, acc1);
-                group!(2, acc0);
-                group!(3, acc1);
+            }
+            for r in 0..R {
+                let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(scales, load16i(&x[r].sums16[sb * 16..])));
+                let total = _mm256_sub_epi32(sums[r], offset);
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[r].d[sb]), _mm256_cvtepi32_ps(total), acc[r]);
             }
         }
-        std::array::from_fn(|r| hsum(_mm256_add_ps(acc0[r], acc1[r])))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn load8f(v: &[f32]) -> __m256 {
-        assert!(v.len() >= 8);
-        // SAFETY: 8 readable f32 (asserted).
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+        std::array::from_fn(|r| hsum(acc[r]))
     }
 }
 
@@ -422,5 +562,34 @@ mod tests {
         // An all-zero block has a zero scale and zero quants (no division by zero).
         let z = Q8Row::new(&[0.0; 32]);
         assert_eq!((z.d[0], z.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn vector_and_scalar_quantization_agree() {
+        let x: Vec<f32> = (0..1024).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 37.0 + if i % 41 == 0 { 0.5 } else { 0.0 }).collect();
+        for block in [32, 256] {
+            let (q, d) = quantize_blocks(&x, block);
+            for (b, xb) in x.chunks_exact(block).enumerate() {
+                let mut qs = vec![0i8; block];
+                assert_eq!(quantize_block_scalar(xb, &mut qs).to_bits(), d[b].to_bits());
+                assert_eq!(qs, &q[b * block..(b + 1) * block]);
+            }
+        }
+    }
+
+    #[test]
+    fn super_block_quantization_keeps_exact_sums() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 53 % 211) as f32 - 105.0) / 3.0).collect();
+        let q = Q8KRow::new(&x);
+        assert_eq!((q.d.len(), q.sums16.len(), q.sums32.len()), (2, 32, 16));
+        for (i, v) in x.iter().enumerate() {
+            assert!((q.q[i] as f32 * q.d[i / QK_K] - v).abs() <= 0.5 * q.d[i / QK_K] * (1.0 + 1e-6));
+        }
+        for (j, &s) in q.sums16.iter().enumerate() {
+            assert_eq!(s as i32, q.q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum::<i32>());
+        }
+        for (j, &s) in q.sums32.iter().enumerate() {
+            assert_eq!(s as i32, q.q[32 * j..32 * j + 32].iter().map(|&v| v as i32).sum::<i32>());
+        }
     }
 }

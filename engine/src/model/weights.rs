@@ -4,9 +4,9 @@
 
 use crate::error::{Error, Result};
 use super::quantized::QuantMatrix;
-use super::MatrixData;
+use super::{MatrixData, Vector};
 use crate::gguf::Gguf;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use std::path::Path;
 
 /// A store of named tensors.
@@ -53,36 +53,19 @@ impl WeightSource for Gguf {
     }
 }
 
-/// Loads `name` onto `device`, checking its shape.
-pub(crate) fn load<const D: usize>(
-    src: &dyn WeightSource,
-    name: &str,
-    shape: [usize; D],
-    device: &Device,
-) -> Result<Tensor<D>> {
-    load_opt(src, name, shape, device)?.ok_or_else(|| Error::MissingTensor {
-        path: src.origin().to_path_buf(),
-        tensor: name.to_string(),
-    })
+/// Loads a vector (norm weight, bias) of `len` values for the device's activations.
+pub(crate) fn load_vector(src: &dyn WeightSource, name: &str, len: usize, device: &Device) -> Result<Vector> {
+    load_vector_opt(src, name, len, device)?
+        .ok_or_else(|| Error::MissingTensor { path: src.origin().to_path_buf(), tensor: name.to_string() })
 }
 
-/// Like [`load`], for tensors a model may or may not have (biases, untied output).
-pub(crate) fn load_opt<const D: usize>(
-    src: &dyn WeightSource,
-    name: &str,
-    shape: [usize; D],
-    device: &Device,
-) -> Result<Option<Tensor<D>>> {
+/// Like [`load_vector`], for vectors a model may or may not have (biases).
+pub(crate) fn load_vector_opt(src: &dyn WeightSource, name: &str, len: usize, device: &Device) -> Result<Option<Vector>> {
     let Some((values, found)) = src.load_f32(name)? else { return Ok(None) };
-    if found != shape {
-        return Err(Error::TensorShape {
-            path: src.origin().to_path_buf(),
-            tensor: name.to_string(),
-            expected: shape.to_vec(),
-            found,
-        });
+    if found != [len] {
+        return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: name.to_string(), expected: vec![len], found });
     }
-    Ok(Some(Tensor::from_data(TensorData::new(values, shape), device)))
+    Ok(Some(Vector::new(values, device)))
 }
 
 /// Loads a weight matrix of shape [out, inp] for the device's preferred kernels.

@@ -1,0 +1,94 @@
+//! Micro-benchmark of the packed-weight CPU kernels on a real model's matrices: for each matrix of
+//! one block and n ∈ {1, 2, 3, 5, 9, 64} activation rows, the time of y = x·Wᵀ, the weight bytes
+//! streamed per second, and the cost relative to one row — the kernel-level verification curve.
+//! Also measures this machine's read bandwidth (the decode bound).
+//!
+//! ```sh
+//! cargo run --release -p specdec-engine --example kernel_bench -- qwen2.5-coder-1.5b [layer] [exact|q8]
+//! ```
+
+use engine::gguf::Gguf;
+use engine::model::quantized::{KernelMode, QuantMatrix};
+use std::time::Instant;
+
+fn main() -> engine::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let spec = args.first().map_or("smollm2-135m", String::as_str);
+    let layer: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mode = match args.get(2).map(String::as_str) {
+        Some("exact") => KernelMode::Exact,
+        _ => KernelMode::Q8,
+    };
+    println!("read bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (all threads)", bandwidth(1), bandwidth(rayon::current_num_threads()));
+    let path = match engine::source::resolve(spec)? {
+        engine::source::ModelFiles::Gguf(p) => p,
+        other => return Err(engine::Error::InvalidArgument(format!("{other:?} is not a GGUF file"))),
+    };
+    let gguf = Gguf::open(&path)?;
+    let names: Vec<String> = ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_down"]
+        .iter()
+        .map(|t| format!("blk.{layer}.{t}.weight"))
+        .chain(["output.weight".to_string(), "token_embd.weight".to_string()])
+        .collect();
+    println!("{mode:?} kernels, {} threads", rayon::current_num_threads());
+    println!("{:<24} {:>6} {:>12} {:>9} {:>9}  cost(n)/cost(1) for n = 2 3 5 9 64", "matrix", "type", "shape", "µs(n=1)", "GB/s");
+    let mut seen_embd = false;
+    for name in names {
+        let Some(info) = gguf.tensor_info(&name) else { continue };
+        if name == "token_embd.weight" && (seen_embd || gguf.tensor_info("output.weight").is_some()) {
+            continue;
+        }
+        seen_embd |= name == "output.weight";
+        let shape = info.shape();
+        let Ok(w) = QuantMatrix::new(info.dtype, gguf.tensor_bytes_shared(info), shape[0], shape[1]) else { continue };
+        let times: Vec<f64> = [1usize, 2, 3, 5, 9, 64].iter().map(|&n| time(&w, mode, n)).collect();
+        let ratios: Vec<String> = times[1..].iter().map(|t| format!("{:.2}", t / times[0])).collect();
+        println!(
+            "{:<24} {:>6} {:>12} {:>9.1} {:>9.1}  {}",
+            name,
+            info.dtype.name(),
+            format!("{}x{}", shape[0], shape[1]),
+            times[0] * 1e6,
+            w.size_bytes() as f64 / times[0] / 1e9,
+            ratios.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Median seconds of one product with `rows` activation rows (inputs vary per call).
+fn time(w: &QuantMatrix, mode: KernelMode, rows: usize) -> f64 {
+    let inputs: Vec<Vec<f32>> = (0..4)
+        .map(|s| (0..rows * w.inp()).map(|i| (((i * 7919 + s * 104729) % 2001) as f32 / 1000.0) - 1.0).collect())
+        .collect();
+    let reps = (2e8 / w.size_bytes() as f64).clamp(3.0, 200.0) as usize;
+    let mut samples = Vec::with_capacity(reps);
+    let mut sink = 0f32;
+    for i in 0..reps + 2 {
+        let t = Instant::now();
+        let y = w.matmul_t_with(mode, &inputs[i % inputs.len()], rows);
+        let dt = t.elapsed().as_secs_f64();
+        sink += y[0];
+        if i >= 2 {
+            samples.push(dt);
+        }
+    }
+    std::hint::black_box(sink);
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// GB/s of summing a 1 GiB buffer with `threads` threads (best of three).
+fn bandwidth(threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1u64; 1 << 27];
+    let chunk = buf.len() / threads;
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let s: u64 = buf.par_chunks(chunk).map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b))).sum();
+            std::hint::black_box(s);
+            (buf.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
