@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::gguf::Gguf;
-use crate::model::{ModelConfig, SUPPORTED_ARCHITECTURES};
+use crate::model::{FamilyConfig, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
 use crate::safetensors::HfModelDir;
 use crate::source::ModelFiles;
 use crate::tokenizer::Tokenizer;
@@ -21,7 +21,8 @@ pub struct ModelReport {
     pub parameters: u64,
     /// Tensor type → (tensor count, parameters).
     pub tensor_types: BTreeMap<String, (usize, u64)>,
-    pub config: Option<ModelConfig>,
+    /// The family's hyperparameters (the shared ones flattened, plus `family` and its own).
+    pub config: Option<FamilyConfig>,
     #[serde(flatten)]
     pub tokenizer: TokenizerReport,
 }
@@ -68,11 +69,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 e.0 += 1;
                 e.1 += t.n_elements() as u64;
             }
-            let config = if SUPPORTED_ARCHITECTURES.contains(&arch.as_str()) {
-                crate::model::Llama::config_from_gguf(&g).ok()
-            } else {
-                None
-            };
+            let config = FamilyConfig::from_gguf(&g).ok();
             Ok(ModelReport {
                 path: path.display().to_string(),
                 format: "GGUF",
@@ -88,7 +85,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
         }
         ModelFiles::HfDir(dir) => {
             let hf = HfModelDir::open(dir)?;
-            let config = hf.llama_config().ok();
+            let config = hf.family_config().ok();
             let tok_json = dir.join("tokenizer.json");
             let tok_cfg = dir.join("tokenizer_config.json");
             let tok = Tokenizer::from_json_file(&tok_json, tok_cfg.is_file().then_some(tok_cfg.as_path()));
@@ -100,7 +97,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 format: "safetensors",
                 architecture: hf.config.model_type.clone(),
                 name: hf.config.architectures.first().cloned().unwrap_or_default(),
-                supported: SUPPORTED_ARCHITECTURES.contains(&hf.config.model_type.as_str()),
+                supported: SUPPORTED_MODEL_TYPES.contains(&hf.config.model_type.as_str()),
                 file_bytes,
                 parameters: hf.parameter_count(),
                 tensor_types: hf.dtype_histogram(),
@@ -123,7 +120,8 @@ impl fmt::Display for ModelReport {
         let types: Vec<String> =
             self.tensor_types.iter().map(|(t, (n, p))| format!("{t} ×{n} ({:.1} M)", *p as f64 / 1e6)).collect();
         writeln!(f, "tensor types: {}", types.join(", "))?;
-        if let Some(c) = &self.config {
+        if let Some(family) = &self.config {
+            let c = family.base();
             writeln!(
                 f,
                 "layers {} · hidden {} · ffn {} · heads {} / {} KV · head dim {} · context {} · vocab {}",
@@ -134,6 +132,28 @@ impl fmt::Display for ModelReport {
                 "rope θ {} ({:?}, {} dims) · norm eps {:e} · qkv bias {} · tied embeddings {}",
                 c.rope_theta, c.rope_style, c.rope_dims, c.norm_eps, c.qkv_bias, c.tied_embeddings
             )?;
+            match family {
+                FamilyConfig::Llama(_) => {}
+                FamilyConfig::GptNeox(n) => writeln!(
+                    f,
+                    "{} residual · GELU {:?} · fused QKV rows {:?}",
+                    if n.parallel_residual { "parallel" } else { "sequential" },
+                    n.activation,
+                    n.qkv_layout
+                )?,
+                FamilyConfig::Gemma3(g) => {
+                    let global: Vec<String> =
+                        (0..g.local_layers.len()).filter(|&i| !g.local_layers[i]).map(|i| i.to_string()).collect();
+                    let window = g.sliding_window.map_or("none".to_string(), |w| w.to_string());
+                    writeln!(
+                        f,
+                        "sliding window {window} (local rope θ {}) · global layers {} · query scale {:.4}",
+                        g.local_rope_theta,
+                        global.join(", "),
+                        g.query_scale
+                    )?
+                }
+            }
         }
         let t = &self.tokenizer;
         writeln!(f, "tokenizer:    {}", t.tokenizer)?;

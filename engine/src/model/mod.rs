@@ -7,6 +7,8 @@
 
 mod act;
 mod cache;
+mod gemma3;
+mod gpt_neox;
 pub mod kernels;
 mod llama;
 mod pool;
@@ -16,6 +18,8 @@ mod rope;
 mod weights;
 
 pub use cache::{AttentionShape, KvCache};
+pub use gemma3::{Gemma3, Gemma3Config};
+pub use gpt_neox::{Gelu, GptNeox, GptNeoxConfig, QkvLayout};
 pub use llama::Llama;
 pub use weights::WeightSource;
 
@@ -118,7 +122,7 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    fn check(&self, path: &std::path::Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
         let bad = |problem: String| Error::Metadata { path: path.into(), key: "hyperparameters".into(), problem };
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return Err(bad(format!("{} heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads)));
@@ -232,33 +236,63 @@ impl Linear {
     }
 }
 
+/// A family's full configuration: the shared [`ModelConfig`] and what only that family has.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum FamilyConfig {
+    Llama(ModelConfig),
+    GptNeox(GptNeoxConfig),
+    Gemma3(Gemma3Config),
+}
+
+impl FamilyConfig {
+    pub fn base(&self) -> &ModelConfig {
+        match self {
+            FamilyConfig::Llama(c) => c,
+            FamilyConfig::GptNeox(c) => &c.base,
+            FamilyConfig::Gemma3(c) => &c.base,
+        }
+    }
+
+    /// Hyperparameters from GGUF metadata, choosing the family from `general.architecture`.
+    pub fn from_gguf(gguf: &Gguf) -> Result<Self> {
+        match gguf.architecture()? {
+            "llama" | "qwen2" => Ok(FamilyConfig::Llama(Llama::config_from_gguf(gguf)?)),
+            "gptneox" => Ok(FamilyConfig::GptNeox(GptNeoxConfig::from_gguf(gguf)?)),
+            "gemma3" => Ok(FamilyConfig::Gemma3(Gemma3Config::from_gguf(gguf)?)),
+            other => Err(Error::UnsupportedArchitecture {
+                path: gguf.path().to_path_buf(),
+                arch: other.to_string(),
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            }),
+        }
+    }
+
+    /// Builds the family's model from `src`, whose tensors carry GGUF names.
+    pub fn load(self, src: &dyn WeightSource, device: &Device) -> Result<Box<dyn CausalLm>> {
+        Ok(match self {
+            FamilyConfig::Llama(c) => Box::new(Llama::load(c, src, device)?),
+            FamilyConfig::GptNeox(c) => Box::new(GptNeox::load(c, src, device)?),
+            FamilyConfig::Gemma3(c) => Box::new(Gemma3::load(c, src, device)?),
+        })
+    }
+}
+
 /// Loads a model from an opened GGUF file, choosing the family from `general.architecture`.
 pub fn load_gguf(gguf: &Gguf, device: &Device) -> Result<Box<dyn CausalLm>> {
-    let arch = gguf.architecture()?;
-    match arch {
-        "llama" | "qwen2" => Ok(Box::new(Llama::from_gguf(gguf, device)?)),
-        other => Err(Error::UnsupportedArchitecture {
-            path: gguf.path().to_path_buf(),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        }),
-    }
+    FamilyConfig::from_gguf(gguf)?.load(gguf, device)
 }
 
 /// Loads a model from a Hugging Face directory, choosing the family from `model_type`.
 pub fn load_hf(dir: &crate::safetensors::HfModelDir, device: &Device) -> Result<Box<dyn CausalLm>> {
-    match dir.config.model_type.as_str() {
-        "llama" | "qwen2" => Ok(Box::new(Llama::load(dir.llama_config()?, dir, device)?)),
-        other => Err(Error::UnsupportedArchitecture {
-            path: dir.dir().join("config.json"),
-            arch: other.to_string(),
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        }),
-    }
+    dir.family_config()?.load(dir, device)
 }
 
-/// Architectures `load_gguf` and `load_hf` accept.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
+/// GGUF `general.architecture` values `load_gguf` accepts.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gptneox", "gemma3"];
+
+/// Hugging Face `model_type` values `load_hf` accepts.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "gpt_neox", "gemma3_text"];
 
 /// Logits of `rows` positions in host memory.
 fn logits_to_host(logits: Act) -> Result<Logits> {
