@@ -80,6 +80,13 @@ fn target_ids_translate_into_draft_ids_through_text() {
     assert_eq!(d.iter().filter(|&&i| i == im_end_d).count(), 1);
     assert_eq!(*d.last().unwrap(), eos_d);
     assert_eq!(bridge.special_to_target(eos_d), Some(eot_t));
+    // A prompt: a leading target BOS (here also its EOS, as GPT-NeoX's <|endoftext|>) becomes the
+    // draft's BOS, which the SentencePiece draft wants.
+    let mut prompt = vec![eot_t];
+    prompt.extend(bpe.encode("the cat", false).unwrap());
+    let d = bridge.prompt_to_draft(&prompt).unwrap();
+    assert_eq!(d, spm.encode("the cat", true).unwrap());
+    assert_eq!(d[0], id(&spm, "<s>"));
     // An incomplete character at the very end is left for the draft to write.
     let mut partial = bpe.encode(" caf", false).unwrap();
     partial.push(id(&bpe, "Ã")); // the first byte of "é"

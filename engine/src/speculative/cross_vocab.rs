@@ -26,7 +26,8 @@
 //! the round proposes nothing rather than change emitted tokens. A draft ending in an
 //! incomplete UTF-8 sequence is cut to its last complete character, and a context ending in one
 //! (a byte token of a multi-byte character) is completed only by drafts that agree with its
-//! bytes. [`Trailing::DropPartialWord`] also drops a last word the draft may not have finished.
+//! bytes. [`Trailing::DropPartialWord`] can also drop a last word the draft may not have
+//! finished (off by default, see [`Trailing`]).
 //!
 //! [`compare_vocabularies`] decides which mode a pair needs: the same ids ([`DraftModel`]), a
 //! target vocabulary extending the draft's ([`ExtendedIds`]), or text ([`CrossVocab`]).
@@ -335,6 +336,12 @@ pub fn encode_after(codec: &dyn TextCodec, before: &[u8], after: &[u8]) -> Resul
 }
 
 /// What to do with the draft's last word, which its next token might have continued.
+///
+/// For a given context, dropping it can only lower the tokens a round accepts (each proposed
+/// token is judged on its own prefix) and saves only its verification rows. Measured greedy on
+/// SmolLM2 → Qwen2.5-Coder 0.5B/1.5B (48 tokens, a code and a prose prompt, k = 2–8;
+/// `tests/cross_vocab_real.rs`) it lowered τ in 7 of 12 runs (e.g. 3.36 → 2.47 at k = 4 on
+/// code), left it equal in 4 and raised it in 1 (3.92 → 4.27), so `Keep` is the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Trailing {
