@@ -541,6 +541,22 @@ impl Tokenizer {
         }
     }
 
+    /// The tokenizer of a resolved model without loading its weights: the GGUF metadata, or the
+    /// directory's `tokenizer.json` (with `tokenizer_config.json` when present).
+    pub fn from_model_files(files: &crate::source::ModelFiles) -> Result<Self> {
+        match files {
+            crate::source::ModelFiles::Gguf(path) => Tokenizer::from_gguf(&Gguf::open(path)?),
+            crate::source::ModelFiles::HfDir(dir) => {
+                let json = dir.join("tokenizer.json");
+                if !json.is_file() {
+                    return Err(tok_err(&dir.display().to_string(), "no tokenizer.json in the model directory"));
+                }
+                let config = dir.join("tokenizer_config.json");
+                Tokenizer::from_json_file(&json, config.is_file().then_some(config.as_path()))
+            }
+        }
+    }
+
     /// Loads a Hugging Face `tokenizer.json`, with `tokenizer_config.json` (chat template,
     /// bos/eos tokens, `add_bos_token`) when given. A `generation_config.json` next to
     /// `tokenizer.json` contributes its `eos_token_id`s, and a `chat_template.jinja` there is used
@@ -811,6 +827,15 @@ impl Tokenizer {
     /// The raw vocabulary entry of `id` (e.g. `Ġthe`, `▁the`, `<0x0A>`, `<|im_start|>`).
     pub fn token_text(&self, id: u32) -> Option<String> {
         self.tokens.get(id as usize).filter(|t| !t.is_empty()).cloned()
+    }
+
+    /// The bytes `id` stands for inside a text (what it adds to a decoding that does not start
+    /// with it); `None` for special tokens and ids outside the vocabulary. Concatenating the
+    /// bytes of a run of ordinary tokens gives their text exactly: this is how text is aligned
+    /// with token boundaries when translating between vocabularies.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        let i = id as usize;
+        (i < self.pieces.len() && !self.special[i]).then(|| &self.pieces[i][..])
     }
 
     /// The id whose raw vocabulary entry is `token`.

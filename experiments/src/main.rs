@@ -18,7 +18,7 @@ use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
 use engine::model::CausalLm;
 use config::{ProposerKind, ScheduleKind};
-use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, DraftModel, Proposer, SpecConfig};
+use engine::speculative::{expected_tokens, generate_speculative, predicted_speedup, PairMode, Proposer, SpecConfig};
 use proposers::ProposerSpec;
 use engine::source::{cache_dir, known_models};
 use engine::tokenizer::{ChatMessage, StreamDecoder};
@@ -266,7 +266,12 @@ impl GenerateArgs {
 #[derive(Args)]
 struct InspectArgs {
     /// Model source (as for generate --model).
-    source: String,
+    #[arg(required_unless_present = "pair")]
+    source: Option<String>,
+    /// Compare a draft's vocabulary with a target's and say how they would pair: identical,
+    /// superset (the target's extends the draft's) or different, and the mode used.
+    #[arg(long, num_args = 2, value_names = ["DRAFT", "TARGET"], conflicts_with = "source")]
+    pair: Option<Vec<String>>,
     #[arg(long)]
     json: bool,
 }
@@ -309,9 +314,10 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         stop_at_eos: !args.ignore_eos,
     };
     let draft = match &args.draft {
-        Some(spec) => Some(load_draft(spec, &args.model, tok, &device)?),
+        Some(spec) => Some(load_draft(spec, tok, &device)?),
         None => None,
     };
+    let bridge = draft.as_ref().and_then(|d| d.bridge(tok));
     let stdout = std::io::stdout();
     let mut stream = StreamDecoder::new(tok);
     let mut print = |id: u32| {
@@ -334,9 +340,12 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         (Some(ProposerKind::LayerSkip), Some(layers)) => Some(engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?),
         _ => None,
     };
-    let draft_model: Option<&dyn CausalLm> = match speculative {
-        Some(ProposerKind::Draft) => draft.as_ref().map(|d| d.model.as_ref()),
-        Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| e as &dyn CausalLm),
+    let draft_model = match speculative {
+        Some(ProposerKind::Draft) => match &draft {
+            Some(d) => Some(d.source(loaded.model.as_ref(), bridge.as_ref(), &args.prompt, args.chat, args.system.as_deref())?),
+            None => None,
+        },
+        Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| proposers::DraftSource::Shared(e as &dyn CausalLm)),
         _ => None,
     };
     let mut proposer: Option<Box<dyn Proposer + '_>> = match proposer_spec {
@@ -381,6 +390,8 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         let extra = serde_json::json!({
             "draft": args.draft,
             "proposer": speculative.expect("metrics come from speculative runs").to_string(),
+            "vocab": draft.as_ref().map(|d| d.comparison.relation),
+            "pair_mode": draft.as_ref().map(|d| d.comparison.mode),
             "ngram": args.ngram,
             "draft_layers": args.draft_layers,
             "k": args.k,
@@ -543,11 +554,36 @@ fn encode_prompt(tok: &engine::tokenizer::Tokenizer, prompt: &str, chat: bool, s
     Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?)
 }
 
-/// Loads a draft model and checks it shares the target's vocabulary (token ids must mean the same).
-fn load_draft(spec: &str, target_spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<engine::LoadedModel> {
-    let d = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
-    proposers::check_vocabularies(&d.tokenizer, spec, target, target_spec)?;
-    Ok(d)
+/// A draft model and how its vocabulary relates to the target's.
+struct Draft {
+    loaded: engine::LoadedModel,
+    comparison: engine::speculative::VocabComparison,
+}
+
+impl Draft {
+    /// The text bridge, for a draft whose vocabulary differs from the target's.
+    fn bridge<'t>(&'t self, target: &'t engine::tokenizer::Tokenizer) -> Option<engine::speculative::TextBridge<'t>> {
+        (self.comparison.mode == PairMode::Text).then(|| engine::speculative::TextBridge::new(&self.loaded.tokenizer, target))
+    }
+
+    /// The draft side for `ProposerSpec::build`; in text mode with the prompt rendered the
+    /// draft's own way.
+    fn source<'m>(&'m self, target: &dyn CausalLm, bridge: Option<&'m engine::speculative::TextBridge<'m>>, prompt: &str, chat: bool, system: Option<&str>) -> Result<proposers::DraftSource<'m>> {
+        let model = self.loaded.model.as_ref();
+        Ok(match (self.comparison.mode, bridge) {
+            (PairMode::Text, Some(bridge)) => proposers::DraftSource::Text { model, bridge, prompt: encode_prompt(&self.loaded.tokenizer, prompt, chat, system)? },
+            (PairMode::ExtendedIds, _) => proposers::DraftSource::Extended { model, target_vocab: target.config().vocab_size },
+            _ => proposers::DraftSource::Shared(model),
+        })
+    }
+}
+
+/// Loads a draft model and classifies its vocabulary against the target's: same ids, ids the
+/// target extends, or a different vocabulary (drafted through text).
+fn load_draft(spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<Draft> {
+    let loaded = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
+    let comparison = engine::speculative::compare_vocabularies(&loaded.tokenizer, target);
+    Ok(Draft { loaded, comparison })
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {
@@ -570,8 +606,10 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
-    let draft = load_draft(&args.draft, &args.model, &target.tokenizer, &device)?;
+    let draft = load_draft(&args.draft, &target.tokenizer, &device)?;
+    let bridge = draft.bridge(&target.tokenizer);
     let tok = &target.tokenizer;
+    let spec = ProposerSpec { kind: ProposerKind::Draft, ngram: 3, schedule: ScheduleKind::Fixed, max_k: args.k, cost_ratio: 0.0, confidence: None };
     let prompt = encode_prompt(tok, &args.prompt, args.chat, None)?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     let gen = |seed| GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed, stop_at_eos: true };
@@ -581,9 +619,10 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let mut plain = Vec::with_capacity(args.samples);
     let (mut drafted, mut accepted) = (0u64, 0u64);
     for i in 0..args.samples as u64 {
-        let mut proposer = DraftModel::new(draft.model.as_ref(), capacity)?;
+        let source = draft.source(target.model.as_ref(), bridge.as_ref(), &args.prompt, args.chat, None)?;
+        let mut proposer = spec.build(Some(source), capacity)?;
         let cfg = SpecConfig::fixed(gen(args.seed.wrapping_add(2 * i)), args.k);
-        let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt, tok.eos_ids(), &cfg, |_| {})?;
+        let out = generate_speculative(target.model.as_ref(), proposer.as_mut(), &prompt, tok.eos_ids(), &cfg, |_| {})?;
         drafted += out.metrics.drafted;
         accepted += out.metrics.accepted;
         speculative.push(out.generation.tokens);
@@ -600,6 +639,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
             "degrees_of_freedom": h.degrees_of_freedom, "p_value": h.p_value, "total_variation": h.total_variation,
             "cells": h.cells, "distinct_sequences": h.categories, "significance": args.alpha,
             "consistent_with_lossless": lossless, "alpha_hat": alpha_hat, "seconds": start.elapsed().as_secs_f64(),
+            "vocab": draft.comparison.relation, "pair_mode": draft.comparison.mode,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
@@ -627,12 +667,41 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
 }
 
 fn cmd_inspect(args: InspectArgs) -> Result<()> {
-    let files = engine::source::resolve(&args.source)?;
+    if let Some(pair) = &args.pair {
+        return inspect_pair(&pair[0], &pair[1], args.json);
+    }
+    let files = engine::source::resolve(args.source.as_deref().unwrap_or_default())?;
     let report = engine::inspect::inspect(&files)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
+    }
+    Ok(())
+}
+
+/// `inspect --pair DRAFT TARGET`: the vocabulary relation and the mode speculation would use
+/// (only the tokenizers are read, so it works for architectures the engine cannot run yet).
+fn inspect_pair(draft: &str, target: &str, json: bool) -> Result<()> {
+    let load = |spec: &str| -> Result<engine::tokenizer::Tokenizer> {
+        let files = engine::source::resolve(spec).with_context(|| format!("resolving `{spec}`"))?;
+        engine::tokenizer::Tokenizer::from_model_files(&files).with_context(|| format!("reading the tokenizer of `{spec}`"))
+    };
+    let (d, t) = (load(draft)?, load(target)?);
+    let c = engine::speculative::compare_vocabularies(&d, &t);
+    let side = |spec: &str, tok: &engine::tokenizer::Tokenizer| serde_json::json!({"source": spec, "tokenizer": tok.kind(), "vocab_size": tok.vocab_size()});
+    if json {
+        let mut j = serde_json::json!({"draft": side(draft, &d), "target": side(target, &t)});
+        j.as_object_mut().expect("object").extend(serde_json::to_value(&c)?.as_object().expect("object").clone());
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        println!("draft:   {draft} ({}, {} tokens)", d.kind(), d.vocab_size());
+        println!("target:  {target} ({}, {} tokens)", t.kind(), t.vocab_size());
+        let pct = |n: usize| 100.0 * n as f64 / c.draft_size.max(1) as f64;
+        println!("relation: {}", c.relation);
+        println!("  same id and text in the target: {} of {} draft ids ({:.1}%)", c.same_ids, c.draft_size, pct(c.same_ids));
+        println!("  text found in the target's vocabulary: {} ({:.1}%)", c.shared_texts, pct(c.shared_texts));
+        println!("{}", proposers::describe_pair(&c));
     }
     Ok(())
 }

@@ -1,11 +1,11 @@
 //! One way to turn user settings into a proposer and a schedule, shared by `specdec generate`,
-//! `specdec run` and `specdec certify`.
+//! `specdec run` and `specdec certify`. A draft model drafts in the mode its vocabulary allows
+//! (`engine::speculative::compare_vocabularies`): shared ids, extended ids, or text.
 
 use crate::config::{ProposerKind, ScheduleKind};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use engine::model::CausalLm;
-use engine::speculative::{DraftModel, NGram, Proposer, Schedule};
-use engine::tokenizer::Tokenizer;
+use engine::speculative::{CrossVocab, DraftModel, ExtendedIds, NGram, PairMode, Proposer, Schedule, TextBridge, VocabComparison};
 
 /// Default confidence-stop threshold (draft top probability) of the `confidence` schedule.
 pub const DEFAULT_CONFIDENCE: f32 = 0.4;
@@ -60,10 +60,10 @@ impl ProposerSpec {
         }
     }
 
-    /// A fresh proposer for one generation. `draft` is the draft model (a separate model, or a
-    /// [`LayerSkip`](engine::model::LayerSkip) view of the target); `capacity` the KV positions the
-    /// generation needs.
-    pub fn build<'m>(&self, draft: Option<&'m dyn CausalLm>, capacity: usize) -> Result<Box<dyn Proposer + 'm>> {
+    /// A fresh proposer for one generation. `draft` is the draft side (a separate model, or a
+    /// [`LayerSkip`](engine::model::LayerSkip) view of the target, with what its vocabulary
+    /// needs); `capacity` the KV positions the generation needs.
+    pub fn build<'m>(&self, draft: Option<DraftSource<'m>>, capacity: usize) -> Result<Box<dyn Proposer + 'm>> {
         match (self.kind, draft) {
             (ProposerKind::Ngram, _) => {
                 if self.confidence().is_some() {
@@ -71,8 +71,23 @@ impl ProposerSpec {
                 }
                 Ok(Box::new(NGram::new(self.ngram, 1)?))
             }
-            (_, Some(model)) => {
+            (_, Some(DraftSource::Shared(model))) => {
                 let mut p = DraftModel::new(model, capacity)?;
+                if let Some(threshold) = self.confidence() {
+                    p = p.with_confidence_stop(threshold);
+                }
+                Ok(Box::new(p))
+            }
+            (_, Some(DraftSource::Extended { model, target_vocab })) => {
+                if self.confidence().is_some() {
+                    bail!("the confidence stop is not available for a draft with an extended vocabulary");
+                }
+                Ok(Box::new(ExtendedIds::new(model, capacity, target_vocab)?))
+            }
+            (_, Some(DraftSource::Text { model, bridge, prompt })) => {
+                // The draft's tokenizer may need more tokens than the target's for the same text.
+                let draft_capacity = prompt.len() + 2 * capacity + 16;
+                let mut p = CrossVocab::new(model, bridge, draft_capacity)?.with_draft_prompt(prompt);
                 if let Some(threshold) = self.confidence() {
                     p = p.with_confidence_stop(threshold);
                 }
@@ -83,20 +98,38 @@ impl ProposerSpec {
     }
 }
 
-/// Checks a draft shares the target's vocabulary (token ids must mean the same thing).
-pub fn check_vocabularies(draft: &Tokenizer, draft_name: &str, target: &Tokenizer, target_name: &str) -> Result<()> {
-    if draft.vocab_fingerprint() != target.vocab_fingerprint() {
-        return Err(engine::Error::VocabMismatch {
-            problem: format!(
-                "draft `{draft_name}` ({} tokens, {}) and target `{target_name}` ({} tokens, {}) have different vocabularies; \
-                 speculative decoding across tokenizers is not supported yet",
-                draft.vocab_size(),
-                draft.kind(),
-                target.vocab_size(),
-                target.kind()
-            ),
-        })
-        .context("incompatible pair");
+/// The draft side of a pair, in the form its vocabulary relation to the target needs
+/// ([`compare_vocabularies`]).
+pub enum DraftSource<'m> {
+    /// The target's vocabulary (a same-tokenizer draft, or the target's own first layers).
+    Shared(&'m dyn CausalLm),
+    /// A vocabulary the target's extends: ids map directly, q is padded to `target_vocab`.
+    Extended { model: &'m dyn CausalLm, target_vocab: usize },
+    /// A different vocabulary: drafts travel as text through `bridge`; `prompt` is the prompt
+    /// as the draft sees it (rendered with the draft's own chat template).
+    Text { model: &'m dyn CausalLm, bridge: &'m TextBridge<'m>, prompt: Vec<u32> },
+}
+
+/// The record label of a pair mode: `draft` for shared/extended ids, `cross-vocab` for text.
+pub fn proposer_label(mode: PairMode) -> &'static str {
+    match mode {
+        PairMode::SharedIds | PairMode::ExtendedIds => "draft",
+        PairMode::Text => "cross-vocab",
     }
-    Ok(())
+}
+
+/// One line describing how a draft relates to a target and how it will draft.
+pub fn describe_pair(c: &VocabComparison) -> String {
+    let how = match c.mode {
+        PairMode::SharedIds => "the draft's ids and distributions are verified as they are".to_string(),
+        PairMode::ExtendedIds => format!(
+            "draft ids are target ids; q is padded with zeros over the target's {} extra ids ({} special)",
+            c.extra_ids, c.extra_special
+        ),
+        PairMode::Text => {
+            "draft tokens are decoded to text and re-encoded with the target's tokenizer (a deterministic proposal, verified as one-hot q)"
+                .to_string()
+        }
+    };
+    format!("vocabularies {} → mode {}: {how}", c.relation, c.mode)
 }

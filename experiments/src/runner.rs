@@ -8,13 +8,13 @@
 
 use crate::backend::Backend;
 use crate::config::{ExperimentConfig, PromptSet, ProposerKind};
-use crate::proposers::check_vocabularies;
+use crate::proposers::{proposer_label, DraftSource};
 use crate::records::{Kind, Record, RecordLog};
 use anyhow::{Context, Result};
 use engine::generate::{generate, positions_needed, GenerationConfig};
 use engine::model::{CausalLm, KvCache, LayerSkip, LogitRows, ModelConfig};
 use engine::sampling::{Logits, SamplingParams};
-use engine::speculative::{generate_speculative, SpecConfig, SpecMetrics};
+use engine::speculative::{compare_vocabularies, generate_speculative, PairMode, SpecConfig, SpecMetrics, TextBridge, VocabComparison};
 use engine::tokenizer::{ChatMessage, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -314,11 +314,23 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         );
         models.insert(name.to_string(), Loaded { model: Pooled { model: loaded.model, pool }, tokenizer: loaded.tokenizer });
     }
-    for pair in &cfg.pairs {
-        if let Some(d) = &pair.draft {
-            check_vocabularies(&models[d].tokenizer, d, &models[&pair.target].tokenizer, &pair.target)?;
-        }
-    }
+    // How each draft model relates to its target's vocabulary, and the text bridge of pairs
+    // whose vocabularies differ (built once: it copies both tokenizers).
+    let vocabs: Vec<Option<PairVocab<'_>>> = cfg
+        .pairs
+        .iter()
+        .map(|pair| {
+            pair.draft.as_ref().map(|d| {
+                let (dt, tt) = (&models[d].tokenizer, &models[&pair.target].tokenizer);
+                let comparison = compare_vocabularies(dt, tt);
+                if !quiet {
+                    eprintln!("{}: {}", pair.label(), crate::proposers::describe_pair(&comparison));
+                }
+                let bridge = (comparison.mode == PairMode::Text).then(|| TextBridge::new(dt, tt));
+                PairVocab { comparison, bridge }
+            })
+        })
+        .collect();
     let layer_skips: HashMap<String, LayerSkip<'_>> = cfg
         .pairs
         .iter()
@@ -389,7 +401,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             for w in 0..cfg.warmup {
                 let mut short = g.clone();
                 short.max_new_tokens = g.max_new_tokens.min(16);
-                run_job(&cfg, &sets, &short, job, &models, &draft_of, &mut encode, w as u64)?;
+                run_job(&cfg, &sets, &short, job, &models, &vocabs, &draft_of, &mut encode, w as u64)?;
             }
         }
     }
@@ -407,7 +419,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             }
             bar.set_message(format!("{} · {}/{}", job.cell, sets[g.set].name, sets[g.set].prompts[g.prompt].id));
             let seed = seed_for(cfg.seed, &sets[g.set].name, &sets[g.set].prompts[g.prompt].id, g.repeat);
-            let record = run_job(&cfg, &sets, g, job, &models, &draft_of, &mut encode, seed)?;
+            let record = run_job(&cfg, &sets, g, job, &models, &vocabs, &draft_of, &mut encode, seed)?;
             log.append(&record)?;
             bar.inc(1);
             let live = if record.kind == Kind::Spec { format!("α̂ {:.2} τ {:.2} · ", record.alpha, record.tau) } else { String::new() };
@@ -435,6 +447,12 @@ impl PrintIf for ProgressBar {
     }
 }
 
+/// A draft model's vocabulary relation to its pair's target, and the bridge text mode needs.
+struct PairVocab<'t> {
+    comparison: VocabComparison,
+    bridge: Option<TextBridge<'t>>,
+}
+
 /// Runs one job and returns its record.
 #[allow(clippy::too_many_arguments)]
 fn run_job<'m>(
@@ -443,6 +461,7 @@ fn run_job<'m>(
     g: &Group,
     job: &Job,
     models: &HashMap<String, Loaded>,
+    vocabs: &'m [Option<PairVocab<'m>>],
     draft_of: &dyn Fn(&str) -> &'m dyn CausalLm,
     encode: &mut dyn FnMut(&str, usize, usize) -> Result<Vec<u32>>,
     seed: u64,
@@ -459,16 +478,31 @@ fn run_job<'m>(
             (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default(), String::new(), String::new(), String::new(), String::new(), String::new())
         }
         Kind::Spec => {
-            let pair = &cfg.pairs[job.pair.expect("spec jobs name their pair")];
+            let index = job.pair.expect("spec jobs name their pair");
+            let pair = &cfg.pairs[index];
             let spec = pair.spec();
-            let draft: Option<&dyn CausalLm> = pair.draft_model_label().map(|l| draft_of(&l));
+            let target = &models[&pair.target].model;
+            let (mut proposer_name, mut params) = (pair.proposer().to_string(), spec.params());
+            let draft = match (pair.draft_model_label(), &vocabs[index]) {
+                (Some(label), Some(v)) => {
+                    let model = draft_of(&label);
+                    proposer_name = proposer_label(v.comparison.mode).to_string();
+                    params = [format!("vocab={}", v.comparison.relation), params].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(",");
+                    Some(match (v.comparison.mode, &v.bridge) {
+                        (PairMode::Text, Some(bridge)) => DraftSource::Text { model, bridge, prompt: encode(&label, g.set, g.prompt)? },
+                        (PairMode::ExtendedIds, _) => DraftSource::Extended { model, target_vocab: target.config().vocab_size },
+                        _ => DraftSource::Shared(model),
+                    })
+                }
+                (Some(label), None) => Some(DraftSource::Shared(draft_of(&label))),
+                (None, _) => None,
+            };
             let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
             let mut proposer = spec.build(draft, capacity)?;
-            let target = &models[&pair.target].model;
             let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k) };
             let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
             let draft_label = pair.draft_model_label().unwrap_or_default();
-            (out.generation, out.metrics, pair.label(), draft_label, pair.proposer().to_string(), pair.schedule.to_string(), spec.params())
+            (out.generation, out.metrics, pair.label(), draft_label, proposer_name, pair.schedule.to_string(), params)
         }
     };
     let text = models[base_model].tokenizer.decode(&generation.tokens)?;

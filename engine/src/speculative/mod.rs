@@ -22,15 +22,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A draft with another tokenizer drafts through text: see [`CrossVocab`] and
+//! [`compare_vocabularies`].
+//!
 //! Any type implementing [`Proposer`] can draft: see `engine/examples/custom_proposer.rs` for a
 //! prompt-lookup proposer in thirty lines.
 
+mod cross_vocab;
 mod decoder;
 mod ngram;
 mod proposer;
 mod schedule;
 mod verify;
 
+pub use cross_vocab::{
+    compare_vocabularies, encode_after, incomplete_utf8_tail, partial_word_cut, text_proposal, Codec, CrossVocab, CrossVocabStats,
+    ExtendedIds, PairMode, ProposalOutcome, ProposalRules, TextBridge, TextCodec, TextProposal, Trailing, VocabComparison,
+    VocabRelation,
+};
 pub use decoder::{generate_speculative, SpecConfig, SpecGeneration, SpecMetrics};
 pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};
