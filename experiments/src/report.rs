@@ -44,7 +44,7 @@ fn report(cells: &[CellSummary], records: &[Record], manifest: Option<&Manifest>
         }
         md.push('\n');
     }
-    md.push_str(&format!("{} generations in {} cells. Speedup = speculative ÷ target-only decode tok/s on the same prompt and repeat (mean ± 95% CI half-width over prompts × repeats); c = draft step ÷ target step; v = verification forward ÷ target step; predicted = Leviathan's (1 − α̂^(k+1)) / ((1 − α̂)(k·c + 1)).\n\n", records.len(), cells.len()));
+    md.push_str(&format!("{} generations in {} cells. Speedup = speculative ÷ target-only decode tok/s on the same prompt and repeat (mean ± 95% CI half-width over prompts × repeats); c = draft step ÷ target step; v = verification forward ÷ target step; α̂ = accepted ÷ drafted; α = accepted ÷ verified draft positions (the per-token acceptance probability, which α̂ understates for k > 1 because drafts after a rejection are never verified); predicted = Leviathan's (1 − α^(k+1)) / ((1 − α)(k·c + 1)).\n\n", records.len(), cells.len()));
     let best = best_k(cells);
     if !best.is_empty() {
         md.push_str("## Best k\n\n| pair | prompt set | T | best k | speedup |\n|---|---|---|---|---|\n");

@@ -62,6 +62,9 @@ pub struct CellSummary {
     /// α̂ = ΣA / ΣD over the cell, and the per-generation α spread.
     pub alpha: Option<f64>,
     pub alpha_per_generation: Option<Estimate>,
+    /// ΣA / Σ(verified positions): the per-token acceptance probability Leviathan's formula means.
+    /// α̂ also counts drafts after a rejection, which are never verified, so it is lower for k > 1.
+    pub alpha_verified: Option<f64>,
     /// τ = ΣE / ΣN.
     pub tau: Option<f64>,
     /// Mean drafted tokens per verification (≤ k: budget ends and confidence stops shorten drafts).
@@ -136,6 +139,7 @@ pub fn summarize(records: &[Record]) -> Vec<CellSummary> {
                 speedup: None,
                 alpha: None,
                 alpha_per_generation: None,
+                alpha_verified: None,
                 tau: None,
                 mean_draft_len: None,
                 per_position: vec![],
@@ -172,6 +176,9 @@ fn spec_details(s: &mut CellSummary, rs: &[&Record], baseline: &HashMap<(Kind, &
             if t > 0 { acc as f64 / t as f64 } else { f64::NAN }
         })
         .collect();
+    let tested: u64 = rs.iter().flat_map(|r| r.position_tested.iter()).sum();
+    let alpha_verified = if tested > 0 { a / tested as f64 } else { 0.0 };
+    s.alpha_verified = Some(alpha_verified);
 
     let targets: Vec<(&Record, &Record)> = rs.iter().filter_map(|r| baseline.get(&(Kind::Target, r.model.as_str(), r.group())).map(|b| (*r, *b))).collect();
     if targets.is_empty() {
@@ -196,9 +203,9 @@ fn spec_details(s: &mut CellSummary, rs: &[&Record], baseline: &HashMap<(Kind, &
     s.verify_cost = Some(v);
     // Fixed schedules use their k; adaptive ones the mean draft length they chose.
     let k = if s.schedule == "fixed" { s.k as f64 } else { s.mean_draft_len.unwrap_or(s.k as f64) };
-    let predicted = expected_tokens(alpha, k) / (k * c + 1.0);
+    let predicted = expected_tokens(alpha_verified, k) / (k * c + 1.0);
     s.predicted_speedup = Some(predicted);
-    s.predicted_speedup_v = Some(expected_tokens(alpha, k) / (k * c + v));
+    s.predicted_speedup_v = Some(expected_tokens(alpha_verified, k) / (k * c + v));
     s.measured_over_predicted = s.speedup.map(|m| m.mean / predicted);
     if s.temperature == 0.0 {
         s.greedy_compared = Some(targets.len());
@@ -227,8 +234,8 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The summary as a readable table (stdout at the end of a run, and report.md).
 pub fn table(cells: &[CellSummary]) -> String {
     let mut out = String::new();
-    out.push_str("| kind | pair / model | set | T | k | n | decode tok/s | speedup | α̂ | τ | c | v | predicted | meas/pred | greedy = target |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| kind | pair / model | set | T | k | n | decode tok/s | speedup | α̂ | α | τ | c | v | predicted | meas/pred | greedy = target |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in cells {
         let who = if c.kind == Kind::Spec { format!("{} ({})", c.pair, c.schedule) } else { c.model.clone() };
         let kind = format!("{:?}", c.kind).to_lowercase();
@@ -238,13 +245,14 @@ pub fn table(cells: &[CellSummary]) -> String {
             _ => "–".into(),
         };
         out.push_str(&format!(
-            "| {kind} | {who} | {} | {} | {k} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {greedy} |\n",
+            "| {kind} | {who} | {} | {} | {k} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {greedy} |\n",
             c.prompt_set,
             c.temperature,
             c.records,
             c.decode_tok_s.show(1),
             c.speedup.map_or("–".into(), |s| s.show(2)),
             opt(c.alpha, 3),
+            opt(c.alpha_verified, 3),
             opt(c.tau, 2),
             opt(c.c.or(c.c_baseline), 3),
             opt(c.verify_cost, 2),
@@ -261,7 +269,7 @@ pub fn write_csv(cells: &[CellSummary], path: &std::path::Path) -> anyhow::Resul
     w.write_record([
         "cell", "kind", "pair", "model", "proposer", "schedule", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_set",
         "records", "new_tokens", "decode_tok_s", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "prefill_tok_s", "speedup",
-        "speedup_ci_low", "speedup_ci_high", "alpha", "tau", "mean_draft_len", "c", "c_baseline", "verify_cost", "predicted_speedup",
+        "speedup_ci_low", "speedup_ci_high", "alpha", "alpha_verified", "tau", "mean_draft_len", "c", "c_baseline", "verify_cost", "predicted_speedup",
         "predicted_speedup_v", "measured_over_predicted", "greedy_identical", "greedy_compared",
     ])?;
     let f = |v: Option<f64>| v.filter(|x| x.is_finite()).map_or(String::new(), |x| format!("{x}"));
@@ -290,6 +298,7 @@ pub fn write_csv(cells: &[CellSummary], path: &std::path::Path) -> anyhow::Resul
             f(c.speedup.and_then(|s| s.ci_low)),
             f(c.speedup.and_then(|s| s.ci_high)),
             f(c.alpha),
+            f(c.alpha_verified),
             f(c.tau),
             f(c.mean_draft_len),
             f(c.c),

@@ -96,6 +96,16 @@ fn run_writes_every_record_summary_plot_and_report() {
         }
         let alpha = cell["alpha"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&alpha));
+        // α counts verified positions only: recomputed from the cell's records, and ≥ α̂.
+        let cell_recs: Vec<&serde_json::Value> = recs.values().filter(|r| r["cell"] == cell["cell"]).collect();
+        let sum = |f: &dyn Fn(&serde_json::Value) -> u64| cell_recs.iter().map(|r| f(r)).sum::<u64>() as f64;
+        let accepted = sum(&|r| r["accepted"].as_u64().unwrap());
+        let tested = sum(&|r| r["position_tested"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum());
+        let alpha_verified = cell["alpha_verified"].as_f64().unwrap();
+        assert!((alpha_verified - accepted / tested).abs() < 1e-12 && alpha_verified >= alpha, "{cell}");
+        let (k, c) = (cell["k"].as_f64().unwrap(), cell["c"].as_f64().unwrap());
+        let predicted = (1.0 - alpha_verified.powf(k + 1.0)) / (1.0 - alpha_verified) / (k * c + 1.0);
+        assert!(alpha_verified == 1.0 || (cell["predicted_speedup"].as_f64().unwrap() - predicted).abs() < 1e-9, "{cell}");
     }
     // Every generation emitted exactly max_new_tokens (ignore_eos), baselines included.
     assert!(recs.values().all(|r| r["new_tokens"] == 10));
