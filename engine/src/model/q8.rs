@@ -380,12 +380,6 @@ pub(super) mod avx2 {
         _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask), _mm256_set1_epi8(16))
     }
 
-    /// Q6_K's two high bits (already shifted down into bits 0..2) moved to bits 4..6.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn six_high(h: __m256i) -> __m256i {
-        _mm256_slli_epi16::<4>(_mm256_and_si256(h, _mm256_set1_epi8(3)))
-    }
 
     /// The 6-bit scales and mins of a Q4_K/Q5_K super-block, unpacked as llama.cpp does: bytes
     /// 0..8 of the result are the scales of sub-blocks 0..8, bytes 8..16 their mins.
@@ -455,36 +449,57 @@ pub(super) mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
+    /// `_mm256_shuffle_epi8` masks that broadcast 16-bit word `w` of each 128-bit lane.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn word_broadcast(w: usize) -> __m256i {
+        let (lo, hi) = ((2 * w) as i8, (2 * w + 1) as i8);
+        _mm256_setr_epi8(
+            lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi,
+        )
+    }
+
     /// Q4_K / Q5_K × Q8_K. Per super-block: Σ over sub-blocks j of scale_j · Σ q·x in integers
     /// (`vpmaddubsw`, then `vpmaddwd` with the scale), one float multiply-add with d·dx; the
     /// minimums contribute dmin·dx·Σ_j min_j·Σx_j from the activation sums.
+    ///
+    /// The inner loops address through raw pointers: the sizes are checked once per call (in
+    /// `dot_rows`), and per-load bounds checks would cost as much as the arithmetic.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_k45<const FIVE: bool, const R: usize>(row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
         let bb = if FIVE { 176 } else { 144 };
         let low4 = _mm256_set1_epi8(0x0F);
+        let shuffles: [__m256i; 8] = std::array::from_fn(|w| word_broadcast(w));
         let mut acc = [_mm256_setzero_ps(); R];
         let mut acc_min = [_mm_setzero_ps(); R];
         for (sb, b) in row.chunks_exact(bb).enumerate() {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let sm = k4_scales_mins(&b[4..16]);
-            // SAFETY: sm holds 16 bytes; the load reads the last 8 (the minimums).
+            // SAFETY (both loads): sm holds 16 bytes.
+            let scales8 = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(sm.as_ptr().cast()) });
             let mins = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(sm.as_ptr().add(8).cast()) });
+            let scales = _mm256_set_m128i(scales8, scales8);
             let (qh, qs) = if FIVE { (load32(&b[16..48]), &b[48..176]) } else { (_mm256_setzero_si256(), &b[16..144]) };
+            // SAFETY: every row holds whole super-blocks (checked by dot_rows), so sb·256 + 256 ≤ len.
+            let xq: [*const __m256i; R] = std::array::from_fn(|r| unsafe { x[r].q.as_ptr().add(sb * QK_K) }.cast());
             let mut sums = [_mm256_setzero_si256(); R];
             for c in 0..4 {
-                let ql = load32(&qs[32 * c..]);
+                // SAFETY: qs holds 128 bytes; c < 4.
+                let ql = unsafe { _mm256_loadu_si256(qs.as_ptr().add(32 * c).cast()) };
                 let mut lo = _mm256_and_si256(ql, low4);
                 let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4);
                 if FIVE {
                     lo = _mm256_add_epi8(lo, fifth_bit(qh, 2 * c as u32));
                     hi = _mm256_add_epi8(hi, fifth_bit(qh, 2 * c as u32 + 1));
                 }
-                let (s_lo, s_hi) = (_mm256_set1_epi16(sm[2 * c] as i16), _mm256_set1_epi16(sm[2 * c + 1] as i16));
-                let at = sb * QK_K + 64 * c;
+                let s_lo = _mm256_shuffle_epi8(scales, shuffles[2 * c]);
+                let s_hi = _mm256_shuffle_epi8(scales, shuffles[2 * c + 1]);
                 for r in 0..R {
-                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32i(&x[r].q[at..])), s_lo);
-                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32i(&x[r].q[at + 32..])), s_hi);
+                    // SAFETY: xq[r] points at 256 readable bytes (8 vectors); 2c + 1 < 8.
+                    let (a, b) = unsafe { (_mm256_loadu_si256(xq[r].add(2 * c)), _mm256_loadu_si256(xq[r].add(2 * c + 1))) };
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a), s_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, b), s_hi);
                     sums[r] = _mm256_add_epi32(sums[r], _mm256_add_epi32(p_lo, p_hi));
                 }
             }
@@ -504,19 +519,31 @@ pub(super) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_q6k<const R: usize>(row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
-        let low4 = _mm256_set1_epi8(0x0F);
+        let (low4, two) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
+        // Group j (32 values) uses scale 2j for its first 16 values and 2j + 1 for the rest:
+        // byte masks picking those scales into the two halves of 16 bytes.
+        let pick: [__m128i; 8] = std::array::from_fn(|j| {
+            let (a, b) = ((2 * j) as i8, (2 * j + 1) as i8);
+            _mm_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+        });
         let mut acc = [_mm256_setzero_ps(); R];
         for (sb, b) in row.chunks_exact(210).enumerate() {
             let d = f16_at(b, 208);
-            let sc = &b[192..208];
-            // SAFETY: sc holds 16 bytes.
-            let scales = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            // SAFETY: b holds 210 bytes; the scales are bytes 192..208.
+            let sc = unsafe { _mm_loadu_si128(b.as_ptr().add(192).cast()) };
+            let scales = _mm256_cvtepi8_epi16(sc);
+            // SAFETY: every row holds whole super-blocks (checked by dot_rows).
+            let xq: [*const __m256i; R] = std::array::from_fn(|r| unsafe { x[r].q.as_ptr().add(sb * QK_K) }.cast());
             let mut sums = [_mm256_setzero_si256(); R];
             for half in 0..2 {
-                let ql_a = load32(&b[half * 64..]);
-                let ql_b = load32(&b[half * 64 + 32..]);
-                let qh = load32(&b[128 + half * 32..]);
-                // Group g: 32 values; values 0..16 use scale half·8 + 2g, values 16..32 the next.
+                // SAFETY: b holds 210 bytes: ql at 0..128, qh at 128..192.
+                let (ql_a, ql_b, qh) = unsafe {
+                    (
+                        _mm256_loadu_si256(b.as_ptr().add(half * 64).cast()),
+                        _mm256_loadu_si256(b.as_ptr().add(half * 64 + 32).cast()),
+                        _mm256_loadu_si256(b.as_ptr().add(128 + half * 32).cast()),
+                    )
+                };
                 for g in 0..4 {
                     let ql = match g {
                         0 => ql_a,
@@ -530,13 +557,12 @@ pub(super) mod avx2 {
                         2 => _mm256_srli_epi16::<4>(qh),
                         _ => _mm256_srli_epi16::<6>(qh),
                     };
-                    let q = _mm256_or_si256(_mm256_and_si256(ql, low4), six_high(high));
-                    let i = half * 8 + 2 * g;
-                    let s = _mm256_set_m128i(_mm_set1_epi16(sc[i + 1] as i8 as i16), _mm_set1_epi16(sc[i] as i8 as i16));
-                    let at = sb * QK_K + half * 128 + 32 * g;
+                    let q = _mm256_or_si256(_mm256_and_si256(ql, low4), _mm256_slli_epi16::<4>(_mm256_and_si256(high, two)));
+                    let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc, pick[half * 4 + g]));
                     for r in 0..R {
-                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, load32i(&x[r].q[at..])), s);
-                        sums[r] = _mm256_add_epi32(sums[r], p);
+                        // SAFETY: xq[r] points at 8 readable vectors; half·4 + g < 8.
+                        let xv = unsafe { _mm256_loadu_si256(xq[r].add(half * 4 + g)) };
+                        sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(_mm256_maddubs_epi16(q, xv), s));
                     }
                 }
             }
