@@ -31,7 +31,7 @@ mod proposer;
 mod schedule;
 mod verify;
 
-pub use decoder::{generate_speculative, SpecConfig, SpecGeneration, SpecMetrics};
+pub use decoder::{continue_speculative, generate_speculative, generate_speculative_constrained, SpecConfig, SpecGeneration, SpecMetrics};
 pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};
 pub use schedule::{expected_tokens, optimal_k, predicted_speedup, Schedule, Scheduler};
