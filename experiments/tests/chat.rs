@@ -83,7 +83,9 @@ fn turns_reuse_the_cache_and_reset_starts_over() {
 
 #[test]
 fn speculative_replies_equal_target_only_replies_and_text_mode_streams_them() {
-    let input = "hello\nsecond question\nthird\n";
+    // Short turns: the tiny model's context is 128 positions, and its random bytes re-encode
+    // lossily (each U+FFFD is three byte tokens).
+    let input = "a\nb\nc\n";
     let plain = json_lines(&run_tiny(&["--json"], input));
     let spec = json_lines(&run_tiny(&["--json", "--draft", &tiny("llama-draft.gguf"), "--k", "2"], input));
     let ngram = json_lines(&run_tiny(&["--json", "--proposer", "ngram"], input));
@@ -104,12 +106,13 @@ fn speculative_replies_equal_target_only_replies_and_text_mode_streams_them() {
 
 #[test]
 fn commands_and_errors_are_handled_without_ending_the_chat() {
-    let o = run_tiny(&["--json", "--context", "40"], "/stats\n/nonsense\n/help\nhello\nthis message is far too long for a forty position context\nhi\n/quit\nnever read\n");
+    let o = run_tiny(&["--json", "--context", "40"], "/stats\n/nonsense\n/help\nhello\nthis message is far too long for a forty position context\n/reset\nhi\n/quit\nnever read\n");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let notes = String::from_utf8_lossy(&o.stderr);
     assert!(notes.contains("no turn yet") && notes.contains("unknown command") && notes.contains("context overflow"), "{notes}");
     let lines = json_lines(&o);
     assert_eq!(lines.len(), 2, "the overflowing turn is dropped, /quit stops before the last line: {lines:?}");
+    assert_eq!(lines[1]["reused_tokens"], 0, "after /reset nothing is reused");
     // A model without a chat template is refused with a hint.
     let o = chat(&["--model", &tiny("llama.gguf")], "hi\n");
     assert_eq!(o.status.code(), Some(1));
