@@ -111,12 +111,17 @@ pub fn check_python(code: &str, cut: bool) -> PythonCheck {
     if code.trim().is_empty() {
         return PythonCheck::Missing;
     }
+    // A cut inside the indentation of a new line leaves spaces the lexer would judge as a dedent.
+    let code = if cut { code.trim_end_matches([' ', '\t']) } else { code };
     match rustpython_parser::parse(code, Mode::Module, "<answer>") {
         Ok(_) => PythonCheck::Parses,
         Err(e) => {
             let offset = usize::from(e.offset).min(code.len());
+            // An error on the last non-blank line (or at the end of input) is where a cut lands.
+            let last_line = code.trim_end().matches('\n').count() + 1;
             let at_end = matches!(e.error, ParseErrorType::Eof | ParseErrorType::Lexical(LexicalErrorType::Eof))
-                || offset >= code.trim_end().len();
+                || offset >= code.trim_end().len()
+                || code[..offset].matches('\n').count() + 1 >= last_line;
             if cut && at_end {
                 PythonCheck::TruncatedPrefix
             } else {
@@ -348,6 +353,7 @@ mod tests {
         assert_eq!(check_python(cut, true), PythonCheck::TruncatedPrefix);
         assert!(matches!(check_python(cut, false), PythonCheck::Invalid { .. }));
         assert_eq!(check_python("def f(n):\n    return max(n,", true), PythonCheck::TruncatedPrefix);
+        assert_eq!(check_python("def f(n):\n    # base case\n   ", true), PythonCheck::TruncatedPrefix);
         // A real syntax error early on fails even when the block was cut later.
         let broken = "def f(n)\n    return n\nx = 1\ny = (";
         assert!(matches!(check_python(broken, true), PythonCheck::Invalid { line: 1, .. }), "{:?}", check_python(broken, true));
