@@ -85,6 +85,9 @@ pub enum Error {
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    #[error("constraint: {0}")]
+    Constraint(String),
 }
 
 impl Error {

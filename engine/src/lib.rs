@@ -20,13 +20,16 @@
 //! # Ok(()) }
 //! ```
 
+pub mod constraint;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod grammar;
 pub mod inspect;
 pub mod model;
 pub mod safetensors;
 pub mod sampling;
+pub mod session;
 pub mod source;
 pub mod speculative;
 pub mod stats;

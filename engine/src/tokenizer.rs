@@ -838,6 +838,12 @@ impl Tokenizer {
         (i < self.pieces.len() && !self.special[i]).then(|| &self.pieces[i][..])
     }
 
+    /// Like [`token_bytes`](Self::token_bytes), but special tokens give their literal text:
+    /// what constraint engines build their token tries from (marking the specials themselves).
+    pub fn piece_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.pieces.get(id as usize).map(|p| &p[..])
+    }
+
     /// The id whose raw vocabulary entry is `token`.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -893,6 +899,21 @@ impl Tokenizer {
             &text(self.bos_id),
             &text(self.eos_ids.first().copied()),
         )
+    }
+}
+
+impl Tokenizer {
+    /// The special token the chat template closes an assistant turn with (`<|im_end|>`,
+    /// `<end_of_turn>`, `<|eot_id|>`, …), found by rendering a probe conversation and reading the
+    /// first token after the assistant's text. `None` without a template or when the turn is
+    /// closed by plain text.
+    pub fn end_of_turn_id(&self) -> Option<u32> {
+        const PROBE: &str = "specdec-end-of-turn-probe";
+        let messages = [ChatMessage::new("user", "hi"), ChatMessage::new("assistant", PROBE)];
+        let text = self.apply_chat_template(&messages, false).ok()?;
+        let after = &text[text.rfind(PROBE)? + PROBE.len()..];
+        let first = *self.encode(after, false).ok()?.first()?;
+        self.is_special(first).then_some(first)
     }
 }
 

@@ -3,9 +3,12 @@
 
 mod backend;
 mod bench;
+mod chat;
 mod config;
+mod constraint;
 mod plot;
 mod proposers;
+mod quality;
 mod records;
 mod report;
 mod runner;
@@ -43,8 +46,11 @@ enum Command {
     /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
     /// compared with a χ² homogeneity test and their total-variation distance.
     Certify(CertifyArgs),
-    /// Measure prefill and decode speed, the verification cost curve, load time and peak memory.
+    /// Measure prefill and decode speed, the verification cost curve, load time and peak memory;
+    /// with --quality, a quality-gated benchmark on a prompt set.
     Bench(BenchArgs),
+    /// Interactive multi-turn chat with the model's chat template (stdin; Ctrl-D quits).
+    Chat(chat::ChatArgs),
     /// Run an experiment grid (pairs × k × sampling × prompt sets) with baselines; writes
     /// results/<experiment>/<run-id>/ with records, summaries, plots and a report.
     Run(RunArgs),
@@ -106,6 +112,8 @@ struct BenchArgs {
     compare_llama_cpp: Option<std::path::PathBuf>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    quality: quality::QualityArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -238,6 +246,12 @@ struct GenerateArgs {
     /// measured speedup and the cost ratio c.
     #[arg(long)]
     baseline: bool,
+    /// Constrain the output to JSON valid against this JSON Schema (llguidance).
+    #[arg(long, conflicts_with = "grammar")]
+    json_schema: Option<std::path::PathBuf>,
+    /// Constrain the output to this Lark grammar (llguidance's dialect).
+    #[arg(long)]
+    grammar: Option<std::path::PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -284,6 +298,7 @@ fn main() {
         Command::Models => cmd_models(),
         Command::Certify(args) => cmd_certify(args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Chat(args) => cmd_chat(args),
         Command::Run(args) => cmd_run(args),
         Command::Summarize { dir } => report::finalize(&dir).map(|cells| print!("{}", summary::table(&cells))),
         Command::Export { dir, to } => report::export(&dir, &to).map(|files| {
@@ -352,15 +367,20 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         Some(p) => Some(p.build(draft_model, capacity)?),
         None => None,
     };
+    let constraint = constraint::load(tok, loaded.model.config().vocab_size, tok.eos_ids(), args.json_schema.as_deref(), args.grammar.as_deref())?;
+    let mut live = constraint.as_ref().map(|c| c.start()).transpose()?;
     let (gen, metrics) = match proposer.as_mut() {
         Some(p) => {
-            let out = generate_speculative(loaded.model.as_ref(), p.as_mut(), &prompt_ids, tok.eos_ids(), &spec, &mut print)?;
+            let out = engine::speculative::generate_speculative_constrained(loaded.model.as_ref(), p.as_mut(), &prompt_ids, tok.eos_ids(), &spec, live.as_mut(), &mut print)?;
             (out.generation, Some(out.metrics))
         }
-        None => (generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, &mut print)?, None),
+        None => (engine::generate::generate_constrained(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, live.as_mut(), &mut print)?, None),
     };
     let baseline = match (&metrics, args.baseline) {
-        (Some(_), true) => Some(generate(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, |_| {})?),
+        (Some(_), true) => {
+            let mut live = constraint.as_ref().map(|c| c.start()).transpose()?;
+            Some(engine::generate::generate_constrained(loaded.model.as_ref(), &prompt_ids, tok.eos_ids(), &cfg, live.as_mut(), |_| {})?)
+        }
         _ => None,
     };
     let text = tok.decode(&gen.tokens)?;
@@ -386,6 +406,10 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         "decode_tok_s": gen.decode_tok_s(),
         "peak_rss_bytes": backend::peak_rss_bytes(),
     });
+    if let Some(c) = &constraint {
+        let extra = c.report(&text, gen.stop);
+        json.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+    }
     if let Some(m) = &metrics {
         let extra = serde_json::json!({
             "draft": args.draft,
@@ -472,6 +496,19 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
 fn cmd_bench(args: BenchArgs) -> Result<()> {
     let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
+    if args.quality.quality.is_some() {
+        let (json, passed) = quality::run(&args.model, &args.quality, &device, threads, &args.runtime.backend.to_string())?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        } else {
+            print!("{}", quality::table(&json));
+        }
+        if !passed {
+            eprintln!("quality gates failed");
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
     let files = engine::source::resolve(&args.model)?;
     let start = Instant::now();
     let loaded = engine::load_files(files.clone(), &device).with_context(|| format!("loading model `{}`", args.model))?;
@@ -664,6 +701,14 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
         std::process::exit(2);
     }
     Ok(())
+}
+
+fn cmd_chat(args: chat::ChatArgs) -> Result<()> {
+    args.runtime.init()?;
+    let device = args.runtime.backend.device()?;
+    let models = chat::Models::load(&args.model, &args.speculation, &device)?;
+    let stdin = std::io::stdin();
+    chat::run(&args, models, &mut stdin.lock(), &mut std::io::stdout(), &mut std::io::stderr())
 }
 
 fn cmd_inspect(args: InspectArgs) -> Result<()> {

@@ -9,10 +9,11 @@
 use super::proposer::Proposer;
 use super::schedule::{Schedule, Scheduler};
 use super::verify::{verify, NextKind, VerifyMode};
+use crate::constraint::Constrained;
 use crate::error::Result;
-use crate::generate::{checked_cache, Generation, GenerationConfig, StopReason};
-use crate::model::{CausalLm, LogitRows};
-use crate::sampling::{warp, Probs, Sampler};
+use crate::generate::{check_request, checked_cache, sample_masked, stop_reason, Generation, GenerationConfig, StopReason};
+use crate::model::{CausalLm, KvCache, LogitRows};
+use crate::sampling::{warp, Logits, Probs, Sampler, SamplingParams};
 use std::time::Instant;
 
 /// Speculative generation settings: the target-only settings plus the draft-length schedule.
@@ -113,10 +114,48 @@ pub fn generate_speculative(
     prompt: &[u32],
     eos: &[u32],
     cfg: &SpecConfig,
+    on_token: impl FnMut(u32),
+) -> Result<SpecGeneration> {
+    generate_speculative_constrained(target, proposer, prompt, eos, cfg, None, on_token)
+}
+
+/// [`generate_speculative`] under a constraint (positioned at the start of the generated text).
+/// The proposer drafts from its q masked by the constraint at each drafted position
+/// ([`Proposer::propose_constrained`]), the target's p rows are masked the same way before
+/// verification, and the constraint advances only over emitted tokens: the output is distributed
+/// exactly as [`generate_constrained`](crate::generate::generate_constrained)'s.
+pub fn generate_speculative_constrained(
+    target: &dyn CausalLm,
+    proposer: &mut dyn Proposer,
+    prompt: &[u32],
+    eos: &[u32],
+    cfg: &SpecConfig,
+    constraint: Option<&mut Constrained>,
+    on_token: impl FnMut(u32),
+) -> Result<SpecGeneration> {
+    let mut cache = checked_cache(target, prompt, &cfg.generation)?;
+    continue_speculative(target, &mut cache, proposer, prompt, eos, cfg, constraint, on_token)
+}
+
+/// Continues `context` speculatively with a target cache that holds a prefix of it, feeding only
+/// the rest (see [`continue_generation`](crate::generate::continue_generation)); the proposer's
+/// [`prefill`](Proposer::prefill) likewise keeps what its own cache shares with `context`.
+/// Afterwards the target's cache holds the context and every generated token but the last.
+#[allow(clippy::too_many_arguments)]
+pub fn continue_speculative(
+    target: &dyn CausalLm,
+    cache: &mut KvCache,
+    proposer: &mut dyn Proposer,
+    context: &[u32],
+    eos: &[u32],
+    cfg: &SpecConfig,
+    mut constraint: Option<&mut Constrained>,
     mut on_token: impl FnMut(u32),
 ) -> Result<SpecGeneration> {
     let gen = &cfg.generation;
-    let mut cache = checked_cache(target, prompt, gen)?;
+    check_request(context, gen, cache.capacity())?;
+    cache.truncate(context.len() - 1);
+    let fed = context.len() - cache.len();
     let mode = if gen.sampling.is_greedy() { VerifyMode::Greedy } else { VerifyMode::Sample };
     let mut scheduler = Scheduler::new(cfg.schedule);
     let max_k = scheduler.max_k();
@@ -127,39 +166,50 @@ pub fn generate_speculative(
     };
     let mut tokens: Vec<u32> = Vec::with_capacity(gen.max_new_tokens + max_k);
     if gen.max_new_tokens == 0 {
-        let generation = Generation { tokens, prompt_tokens: prompt.len(), stop: StopReason::MaxTokens, prefill_s: 0.0, decode_s: 0.0 };
+        let generation = Generation { tokens, prompt_tokens: fed, stop: StopReason::MaxTokens, prefill_s: 0.0, decode_s: 0.0 };
         return Ok(SpecGeneration { generation, metrics });
     }
     let mut sampler = Sampler::new(gen.sampling, gen.seed);
 
     let start = Instant::now();
-    let logits = target.forward(prompt, &mut cache, LogitRows::Last)?;
-    proposer.prefill(prompt)?;
-    let first = sampler.sample(logits.last());
+    let logits = target.forward(&context[cache.len()..], cache, LogitRows::Last)?;
+    proposer.prefill(context)?;
+    let first = sample_masked(&mut sampler, logits.last(), constraint.as_deref_mut())?;
     let prefill_s = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
     let steps_before = proposer.steps();
 
-    let mut context: Vec<u32> = prompt.to_vec();
-    let mut stop = push(first, &mut tokens, &mut context, eos, gen, &mut on_token);
+    let mut context: Vec<u32> = context.to_vec();
+    let mut stop = push(first, &mut tokens, &mut context, eos, gen, constraint.as_deref_mut(), &mut on_token)?;
     while stop.is_none() {
         // Never draft past the budget: k drafts + 1 verified token ≤ what is left.
         let k = scheduler.next_k().min(max_k).min(gen.max_new_tokens - tokens.len() - 1);
         let t = Instant::now();
-        let proposal = proposer.propose(&context, k, &mut sampler)?;
+        let proposal = match constraint.as_deref_mut() {
+            Some(c) => proposer.propose_constrained(&context, k, &mut sampler, c)?,
+            None => proposer.propose(&context, k, &mut sampler)?,
+        };
         metrics.draft_s += t.elapsed().as_secs_f64();
-        let drafted = &proposal.tokens[..proposal.tokens.len().min(k)];
-        let n = drafted.len();
+        let mut drafted = &proposal.tokens[..proposal.tokens.len().min(k)];
 
         let t = Instant::now();
-        let mut feed = Vec::with_capacity(n + 1);
+        let mut feed = Vec::with_capacity(drafted.len() + 1);
         feed.push(*context.last().expect("context is never empty"));
         feed.extend_from_slice(drafted);
-        let logits = target.forward(&feed, &mut cache, LogitRows::All)?;
+        let logits = target.forward(&feed, cache, LogitRows::All)?;
         metrics.verify_s += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        let p: Vec<Probs> = (0..=n).map(|i| warp(logits.row(i), &gen.sampling)).collect();
+        let p: Vec<Probs> = match constraint.as_deref_mut() {
+            None => (0..=drafted.len()).map(|i| warp(logits.row(i), &gen.sampling)).collect(),
+            Some(c) => {
+                let (p, allowed) = masked_rows(&logits, drafted, c, &gen.sampling)?;
+                // Drafts past one the constraint forbids are not verified (its p would be 0).
+                drafted = &drafted[..allowed];
+                p
+            }
+        };
+        let n = drafted.len();
         let uniforms: Vec<f64> = match mode {
             VerifyMode::Greedy => vec![0.0; n + 1],
             VerifyMode::Sample => (0..=n).map(|_| sampler.uniform()).collect(),
@@ -186,22 +236,43 @@ pub fn generate_speculative(
         }
         for &tok in drafted[..verdict.accepted].iter().chain([&verdict.next]) {
             metrics.emitted += 1;
-            stop = push(tok, &mut tokens, &mut context, eos, gen, &mut on_token);
+            stop = push(tok, &mut tokens, &mut context, eos, gen, constraint.as_deref_mut(), &mut on_token)?;
             if stop.is_some() {
                 break;
             }
         }
         metrics.overhead_s += t.elapsed().as_secs_f64();
     }
+    cache.truncate(context.len() - 1);
     metrics.draft_steps = (proposer.steps() - steps_before) as u64;
     let generation = Generation {
         tokens,
-        prompt_tokens: prompt.len(),
+        prompt_tokens: fed,
         stop: stop.expect("loop ends on a stop"),
         prefill_s,
         decode_s: decode_start.elapsed().as_secs_f64(),
     };
     Ok(SpecGeneration { generation, metrics })
+}
+
+/// The target's k + 1 distributions under the constraint: row i masked after the first i drafts.
+/// Stops at the first draft the constraint forbids (returning how many were allowed) and leaves
+/// the constraint where it was.
+fn masked_rows(logits: &Logits, drafted: &[u32], c: &mut Constrained, params: &SamplingParams) -> Result<(Vec<Probs>, usize)> {
+    let mut p = Vec::with_capacity(drafted.len() + 1);
+    let mut walked = 0;
+    for i in 0..=drafted.len() {
+        let mut row = logits.row(i).to_vec();
+        c.apply(&mut row)?;
+        p.push(warp(&row, params));
+        if i == drafted.len() || !c.mask()?.allows(drafted[i]) {
+            break;
+        }
+        c.advance(drafted[i])?;
+        walked += 1;
+    }
+    c.rollback(walked)?;
+    Ok((p, walked))
 }
 
 /// β = Σₓ min(p(x), q(x)): the probability that verification accepts a token drawn from q.
@@ -215,23 +286,26 @@ fn acceptance_probability(p: &Probs, q: Option<&Probs>, drafted: u32, mode: Veri
     }
 }
 
-/// Appends one token; returns why generation stops, if it does.
+/// Appends one token (advancing the constraint over it); returns why
+/// generation stops, if it does.
 fn push(
     tok: u32,
     tokens: &mut Vec<u32>,
     context: &mut Vec<u32>,
     eos: &[u32],
     gen: &GenerationConfig,
+    constraint: Option<&mut Constrained>,
     on_token: &mut impl FnMut(u32),
-) -> Option<StopReason> {
+) -> Result<Option<StopReason>> {
+    let constraint = match constraint {
+        Some(c) => {
+            c.advance(tok)?;
+            Some(&*c)
+        }
+        None => None,
+    };
     tokens.push(tok);
     context.push(tok);
     on_token(tok);
-    if gen.stop_at_eos && eos.contains(&tok) {
-        Some(StopReason::Eos)
-    } else if tokens.len() >= gen.max_new_tokens {
-        Some(StopReason::MaxTokens)
-    } else {
-        None
-    }
+    Ok(stop_reason(tok, tokens.len(), eos, gen, constraint))
 }

@@ -1,6 +1,7 @@
 //! Proposers: anything that can guess the next k tokens. A draft model returns the distributions it
 //! sampled from (its q); deterministic proposers return none and are verified as one-hot q.
 
+use crate::constraint::Constrained;
 use crate::error::Result;
 use crate::model::{CausalLm, KvCache, LogitRows};
 use crate::sampling::{argmax, warp, Probs, Sampler};
@@ -25,8 +26,44 @@ pub trait Proposer {
     /// `sampler`'s uniforms, and return those distributions.
     fn propose(&mut self, context: &[u32], k: usize, sampler: &mut Sampler) -> Result<Proposal>;
 
+    /// [`propose`](Self::propose) under a constraint positioned at the end of `context`. The
+    /// result must contain only tokens the constraint allows, in sequence, and the constraint must
+    /// be left where it was. This default keeps the unconstrained proposal up to its first
+    /// forbidden token (lossless for any proposer: verification never depended on how the drafts
+    /// were chosen, only on q being what they were drawn from); a sampling proposer should override
+    /// it and draw from its q masked by the constraint, which is what makes drafts acceptable.
+    fn propose_constrained(
+        &mut self,
+        context: &[u32],
+        k: usize,
+        sampler: &mut Sampler,
+        constraint: &mut Constrained,
+    ) -> Result<Proposal> {
+        let mut proposal = self.propose(context, k, sampler)?;
+        let mut allowed = 0;
+        for &t in &proposal.tokens {
+            if !constraint.mask()?.allows(t) {
+                break;
+            }
+            constraint.advance(t)?;
+            allowed += 1;
+        }
+        constraint.rollback(allowed)?;
+        proposal.tokens.truncate(allowed);
+        if let Some(q) = proposal.probs.as_mut() {
+            q.truncate(allowed);
+        }
+        Ok(proposal)
+    }
+
     /// Only the first `len` tokens of the last `context` + proposal stand; forget the rest.
     fn rollback(&mut self, len: usize);
+
+    /// Positions of the last [`prefill`](Self::prefill)'s context that the proposer's cache
+    /// already held (a chat session's earlier turns), for accounting.
+    fn reused(&self) -> usize {
+        0
+    }
 
     /// Forward passes run so far (for cost accounting: c = time per draft step / target step).
     fn steps(&self) -> usize {
@@ -43,11 +80,13 @@ pub struct DraftModel<'m> {
     steps: usize,
     /// Stop drafting when the draft's top probability (softmax at temperature 1) falls below this.
     confidence_stop: Option<f32>,
+    /// Positions the last prefill found already cached.
+    reused: usize,
 }
 
 impl<'m> DraftModel<'m> {
     pub fn new(model: &'m dyn CausalLm, capacity: usize) -> Result<Self> {
-        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0, confidence_stop: None })
+        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0, confidence_stop: None, reused: 0 })
     }
 
     /// Ends each draft early at the first position where the draft model's top probability is
@@ -57,19 +96,65 @@ impl<'m> DraftModel<'m> {
         self
     }
 
-    /// Feeds whatever of `context` the cache has not seen and returns the logits of its last token.
-    fn catch_up(&mut self, context: &[u32]) -> Result<Vec<f32>> {
-        // Keep the longest prefix the cache shares with `context`, and always re-feed at least the
-        // last token so there are logits to draft from.
+    /// Truncates the cache to the longest prefix it shares with `context`, at most `limit`.
+    fn keep_common_prefix(&mut self, context: &[u32], limit: usize) -> usize {
         let common = self.seen.iter().zip(context).take_while(|(a, b)| a == b).count();
-        let keep = common.min(context.len().saturating_sub(1)).min(self.cache.len());
+        let keep = common.min(limit).min(self.cache.len());
         self.cache.truncate(keep);
         self.seen.truncate(keep);
+        keep
+    }
+
+    /// Feeds whatever of `context` the cache has not seen and returns the logits of its last token.
+    fn catch_up(&mut self, context: &[u32]) -> Result<Vec<f32>> {
+        // Always re-feed at least the last token so there are logits to draft from.
+        let keep = self.keep_common_prefix(context, context.len().saturating_sub(1));
         let feed = &context[keep..];
         let logits = self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
         self.steps += 1;
         self.seen.extend_from_slice(feed);
         Ok(logits.last().to_vec())
+    }
+
+    /// Drafts up to `k` tokens, each from the warped (and, under a constraint, masked) row.
+    fn draft(&mut self, context: &[u32], k: usize, sampler: &mut Sampler, mut constraint: Option<&mut Constrained>) -> Result<Proposal> {
+        if k == 0 {
+            return Ok(Proposal { tokens: vec![], probs: Some(vec![]) });
+        }
+        let params = *sampler.params();
+        let mut row = self.catch_up(context)?;
+        let mut tokens = Vec::with_capacity(k);
+        let mut probs = Vec::with_capacity(k);
+        for i in 0..k {
+            if let Some(c) = constraint.as_deref_mut() {
+                c.apply(&mut row)?;
+            }
+            if let Some(threshold) = self.confidence_stop {
+                if top_probability(&row) < threshold {
+                    break;
+                }
+            }
+            let q = warp(&row, &params);
+            let d = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            tokens.push(d);
+            probs.push(q);
+            if let Some(c) = constraint.as_deref_mut() {
+                c.advance(d)?;
+                if c.is_finished() {
+                    break;
+                }
+            }
+            if i + 1 < k {
+                let logits = self.model.forward(&[d], &mut self.cache, LogitRows::Last)?;
+                self.steps += 1;
+                self.seen.push(d);
+                row = logits.last().to_vec();
+            }
+        }
+        if let Some(c) = constraint {
+            c.rollback(tokens.len())?;
+        }
+        Ok(Proposal { tokens, probs: Some(probs) })
     }
 }
 
@@ -82,40 +167,24 @@ fn top_probability(row: &[f32]) -> f32 {
 
 impl Proposer for DraftModel<'_> {
     fn prefill(&mut self, context: &[u32]) -> Result<()> {
-        // Everything but the last token: the first propose() feeds that one and drafts from it.
-        if context.len() > 1 {
-            self.model.forward(&context[..context.len() - 1], &mut self.cache, LogitRows::Last)?;
-            self.seen = context[..context.len() - 1].to_vec();
+        // Everything but the last token (the first propose() feeds that one and drafts from it),
+        // minus what the cache already holds from an earlier call on the same conversation.
+        let limit = context.len().saturating_sub(1);
+        self.reused = self.keep_common_prefix(context, limit);
+        if limit > self.reused {
+            let feed = &context[self.reused..limit];
+            self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
+            self.seen.extend_from_slice(feed);
         }
         Ok(())
     }
 
     fn propose(&mut self, context: &[u32], k: usize, sampler: &mut Sampler) -> Result<Proposal> {
-        if k == 0 {
-            return Ok(Proposal { tokens: vec![], probs: Some(vec![]) });
-        }
-        let params = *sampler.params();
-        let mut row = self.catch_up(context)?;
-        let mut tokens = Vec::with_capacity(k);
-        let mut probs = Vec::with_capacity(k);
-        for i in 0..k {
-            if let Some(threshold) = self.confidence_stop {
-                if top_probability(&row) < threshold {
-                    break;
-                }
-            }
-            let q = warp(&row, &params);
-            let d = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
-            tokens.push(d);
-            probs.push(q);
-            if i + 1 < k {
-                let logits = self.model.forward(&[d], &mut self.cache, LogitRows::Last)?;
-                self.steps += 1;
-                self.seen.push(d);
-                row = logits.last().to_vec();
-            }
-        }
-        Ok(Proposal { tokens, probs: Some(probs) })
+        self.draft(context, k, sampler, None)
+    }
+
+    fn propose_constrained(&mut self, context: &[u32], k: usize, sampler: &mut Sampler, constraint: &mut Constrained) -> Result<Proposal> {
+        self.draft(context, k, sampler, Some(constraint))
     }
 
     fn rollback(&mut self, len: usize) {
@@ -125,5 +194,9 @@ impl Proposer for DraftModel<'_> {
 
     fn steps(&self) -> usize {
         self.steps
+    }
+
+    fn reused(&self) -> usize {
+        self.reused
     }
 }
