@@ -368,3 +368,18 @@ fn greedy_equality_holds_for_every_proposer_and_schedule() {
         }
     }
 }
+
+#[test]
+fn a_draft_with_another_vocabulary_is_a_typed_error_not_a_panic() {
+    let t = target();
+    // Six ids against the target's five: its q rows are one id too long, and id 5 does not exist.
+    let row: &[f64] = &[0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+    let wide = Markov::from_probs(&[row; 6]);
+    for sampling in [SamplingParams::greedy(), SamplingParams::with_temperature(1.0)] {
+        let gen = GenerationConfig { max_new_tokens: 10, stop_at_eos: false, sampling, seed: 1 };
+        let mut proposer = DraftModel::new(&wide, 64).unwrap();
+        let err = generate_speculative(&t, &mut proposer, &[0], &[], &SpecConfig::fixed(gen, 3), |_| {}).unwrap_err();
+        assert!(matches!(err, engine::Error::VocabMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("vocabulary"), "{err}");
+    }
+}

@@ -426,6 +426,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "iterations": m.iterations,
             "emitted": m.emitted,
             "alpha": m.alpha(),
+            "alpha_verified": m.alpha_verified(),
             "tau": m.tau(),
             "per_position": m.per_position(),
             "draft_s": m.draft_s,
@@ -446,10 +447,10 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "target_step_s": target_step_s,
             "c": c,
             "verify_cost": if target_step_s > 0.0 { m.verify_call_s() / target_step_s } else { 0.0 },
-            "predicted_speedup": predicted_speedup(m.alpha(), args.k, c),
+            "predicted_speedup": predicted_speedup(m.alpha_verified(), args.k, c),
             // The sharper form with the measured verification cost v instead of 1 (DESIGN.md §4).
             "predicted_speedup_measured_v": if target_step_s > 0.0 {
-                expected_tokens(m.alpha(), args.k) / (args.k as f64 * c + m.verify_call_s() / target_step_s)
+                expected_tokens(m.alpha_verified(), args.k) / (args.k as f64 * c + m.verify_call_s() / target_step_s)
             } else {
                 0.0
             },

@@ -6,11 +6,11 @@
 //! Timing convention (as target-only [`generate`](crate::generate::generate)): `prefill_s` runs to
 //! the first generated token, `decode_s` covers the rest; metrics count the decode phase only.
 
-use super::proposer::Proposer;
+use super::proposer::{Proposal, Proposer};
 use super::schedule::{Schedule, Scheduler};
 use super::verify::{verify, NextKind, VerifyMode};
 use crate::constraint::Constrained;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{check_request, checked_cache, sample_masked, stop_reason, Generation, GenerationConfig, StopReason};
 use crate::model::{CausalLm, KvCache, LogitRows};
 use crate::sampling::{warp, Logits, Probs, Sampler, SamplingParams};
@@ -80,6 +80,12 @@ impl SpecMetrics {
         self.position_tested.iter().sum()
     }
 
+    /// A / (verified positions): the per-token acceptance rate Leviathan's formula assumes. α̂
+    /// also counts drafts after a rejection, which are never verified, so it is lower for k > 1.
+    pub fn alpha_verified(&self) -> f64 {
+        ratio(self.accepted as f64, self.tested() as f64)
+    }
+
     /// Mean seconds per draft forward pass.
     pub fn draft_step_s(&self) -> f64 {
         ratio(self.draft_s, self.draft_steps as f64)
@@ -89,6 +95,26 @@ impl SpecMetrics {
     pub fn verify_call_s(&self) -> f64 {
         ratio(self.verify_s, self.iterations as f64)
     }
+}
+
+/// A proposal must speak the target's vocabulary: ids below its size and, if it has
+/// distributions, one per token over exactly the target's ids (a draft with another vocabulary
+/// belongs behind [`CrossVocab`](super::CrossVocab) or [`ExtendedIds`](super::ExtendedIds)).
+fn check_proposal(proposal: &Proposal, vocab: usize) -> Result<()> {
+    if let Some(&bad) = proposal.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::VocabMismatch { problem: format!("the proposer drafted id {bad}, outside the target's {vocab}-token vocabulary") });
+    }
+    if let Some(q) = &proposal.probs {
+        if q.len() < proposal.tokens.len() {
+            return Err(Error::VocabMismatch { problem: format!("the proposer gave {} distributions for {} drafted tokens", q.len(), proposal.tokens.len()) });
+        }
+        if let Some(row) = q.iter().find(|row| row.as_slice().len() != vocab) {
+            return Err(Error::VocabMismatch {
+                problem: format!("the proposer's distributions cover {} ids, the target's vocabulary {vocab}", row.as_slice().len()),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -190,6 +216,7 @@ pub fn continue_speculative(
             None => proposer.propose(&context, k, &mut sampler)?,
         };
         metrics.draft_s += t.elapsed().as_secs_f64();
+        check_proposal(&proposal, target.config().vocab_size)?;
         let mut drafted = &proposal.tokens[..proposal.tokens.len().min(k)];
 
         let t = Instant::now();
