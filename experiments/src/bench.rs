@@ -85,24 +85,37 @@ pub fn run(model: &dyn CausalLm, prompt: &[u32], gen: usize, repeats: usize) -> 
     })
 }
 
-/// llama.cpp's figures for the same file: (prefill tok/s, decode tok/s) from `llama-bench -o json`.
-pub fn llama_bench(bin_dir: &Path, model: &Path, threads: usize, prompt: usize, gen: usize, repeats: usize) -> Result<(f64, f64)> {
+/// llama.cpp's figures for the same file, from `llama-bench -o json`.
+#[derive(Debug, Clone)]
+pub struct LlamaBench {
+    pub prefill_tok_s: f64,
+    pub decode_tok_s: f64,
+    /// llama.cpp's own verification curve: a forward over n prompt tokens ÷ one over 1 token.
+    pub verify_cost: Vec<(usize, f64)>,
+}
+
+/// Runs `llama-bench` on `model`: prefill of `prompt` tokens, decode of `gen`, and single
+/// forwards over each of `batch_sizes` tokens (for the verification curve; 1 must be among them).
+pub fn llama_bench(bin_dir: &Path, model: &Path, threads: usize, prompt: usize, gen: usize, repeats: usize, batch_sizes: &[usize]) -> Result<LlamaBench> {
     let exe: PathBuf = bin_dir.join("llama-bench");
+    let prompts: Vec<String> = std::iter::once(prompt).chain(batch_sizes.iter().copied()).map(|n| n.to_string()).collect();
     let out = Command::new(&exe)
         .args(["-m"])
         .arg(model)
-        .args(["-t", &threads.to_string(), "-p", &prompt.to_string(), "-n", &gen.to_string(), "-r", &repeats.to_string(), "-o", "json"])
+        .args(["-t", &threads.to_string(), "-p", &prompts.join(","), "-n", &gen.to_string(), "-r", &repeats.to_string(), "-o", "json"])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     if !out.status.success() {
         bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("parsing llama-bench JSON")?;
-    let rate = |prefill: bool| {
+    let find = |n_prompt: u64, n_gen: u64, field: &str| {
         rows.iter()
-            .find(|r| (r["n_prompt"].as_u64().unwrap_or(0) > 0) == prefill && (r["n_gen"].as_u64().unwrap_or(0) > 0) != prefill)
-            .and_then(|r| r["avg_ts"].as_f64())
-            .context("llama-bench printed no matching test")
+            .find(|r| r["n_prompt"].as_u64() == Some(n_prompt) && r["n_gen"].as_u64() == Some(n_gen))
+            .and_then(|r| r[field].as_f64())
+            .with_context(|| format!("llama-bench printed no test with {n_prompt} prompt and {n_gen} generated tokens"))
     };
-    Ok((rate(true)?, rate(false)?))
+    let one = find(1, 0, "avg_ns")?;
+    let verify_cost = batch_sizes.iter().map(|&n| Ok((n, find(n as u64, 0, "avg_ns")? / one))).collect::<Result<_>>()?;
+    Ok(LlamaBench { prefill_tok_s: find(prompt as u64, 0, "avg_ts")?, decode_tok_s: find(0, gen as u64, "avg_ts")?, verify_cost })
 }

@@ -524,7 +524,8 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     let report = bench::run(loaded.model.as_ref(), &prompt, args.gen_tokens, args.repeats)?;
     let llama = match (&args.compare_llama_cpp, &files) {
         (Some(dir), engine::source::ModelFiles::Gguf(path)) => {
-            Some(bench::llama_bench(dir, path, threads, args.prompt_tokens, args.gen_tokens, args.repeats)?)
+            let sizes: Vec<usize> = report.verify_cost.iter().map(|&(n, _)| n).collect();
+            Some(bench::llama_bench(dir, path, threads, args.prompt_tokens, args.gen_tokens, args.repeats, &sizes)?)
         }
         (Some(_), _) => anyhow::bail!("--compare-llama-cpp needs a GGUF model"),
         (None, _) => None,
@@ -546,9 +547,10 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "verify_cost": report.verify_cost.iter().map(|(n, c)| (n.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
         "peak_rss_bytes": backend::peak_rss_bytes(),
         "file_bytes": loaded.file_bytes,
-        "llama_cpp": llama.map(|(p, d)| serde_json::json!({
-            "prefill_tok_s": p, "decode_tok_s": d,
-            "prefill_ratio": report.prefill_tok_s / p, "decode_ratio": report.decode_tok_s / d,
+        "llama_cpp": llama.as_ref().map(|l| serde_json::json!({
+            "prefill_tok_s": l.prefill_tok_s, "decode_tok_s": l.decode_tok_s,
+            "prefill_ratio": report.prefill_tok_s / l.prefill_tok_s, "decode_ratio": report.decode_tok_s / l.decode_tok_s,
+            "verify_cost": l.verify_cost.iter().map(|(n, c)| (n.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
         })),
     });
     if args.json {
@@ -573,6 +575,10 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
                 l["prefill_ratio"].as_f64().unwrap_or(0.0),
                 l["decode_ratio"].as_f64().unwrap_or(0.0)
             );
+        }
+        if let Some(l) = &llama {
+            let curve: Vec<String> = l.verify_cost.iter().map(|(n, c)| format!("{n}: {c:.2}")).collect();
+            println!("llama.cpp   verify cost forward(n) / forward(1): {}", curve.join(", "));
         }
     }
     Ok(())

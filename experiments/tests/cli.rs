@@ -328,3 +328,37 @@ fn run_records_say_a_pair_drafts_across_vocabularies() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--compare-llama-cpp` against a stand-in `llama-bench` that checks its arguments and prints
+/// llama-bench's JSON: the ratios and llama.cpp's own verification curve come from those rows.
+#[test]
+fn bench_compares_with_llama_bench_output() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("specdec-fake-llama-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let row = |p: u32, n: u32, ns: f64| format!(r#"{{"n_prompt": {p}, "n_gen": {n}, "avg_ns": {ns}, "avg_ts": {}}}"#, (p + n) as f64 / (ns * 1e-9));
+    let rows = [row(8, 0, 4e6), row(1, 0, 1e6), row(2, 0, 1.5e6), row(3, 0, 2e6), row(5, 0, 3e6), row(9, 0, 5e6), row(0, 4, 4e6)];
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *'-p 8,1,2,3,5,9 -n 4'*) ;; *) echo \"unexpected arguments: $*\" >&2; exit 1;; esac\ncat <<'JSON'\n[{}]\nJSON\n",
+        rows.join(",")
+    );
+    let exe = dir.join("llama-bench");
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = specdec(&[
+        "bench", "--model", &tiny("llama.gguf"), "--prompt-tokens", "8", "--gen-tokens", "4", "--repeats", "1", "--threads", "1",
+        "--compare-llama-cpp", dir.to_str().unwrap(), "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let l = &j["llama_cpp"];
+    assert_eq!(l["prefill_tok_s"], 2000.0);
+    assert_eq!(l["decode_tok_s"], 1000.0);
+    assert_eq!(l["verify_cost"]["5"], 3.0);
+    let ratio = l["decode_ratio"].as_f64().unwrap();
+    assert!((ratio - j["decode_tok_s"].as_f64().unwrap() / 1000.0).abs() < 1e-9);
+    // A llama-bench that fails is a clear error, not a panic.
+    let o = specdec(&["bench", "--model", &tiny("llama.gguf"), "--prompt-tokens", "7", "--gen-tokens", "4", "--repeats", "1", "--compare-llama-cpp", dir.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("llama-bench failed: unexpected arguments"), "{}", stderr(&o));
+}
