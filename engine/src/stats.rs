@@ -69,9 +69,60 @@ pub fn chi_square_homogeneity<T: Eq + Hash + Clone>(a: &[T], b: &[T]) -> Homogen
     Homogeneity { statistic, degrees_of_freedom: df, p_value, total_variation, cells: cells.len(), categories }
 }
 
+/// χ² goodness of fit of observed `counts` to a distribution `expected_probs` over the same
+/// categories.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GoodnessOfFit {
+    pub statistic: f64,
+    pub degrees_of_freedom: usize,
+    pub p_value: f64,
+}
+
+/// Tests `counts` against `expected_probs`. Categories expected below 5 are pooled into one cell;
+/// an observation where nothing was expected makes the statistic infinite (p = 0): a certain
+/// failure, as it should be for a sampler that emits an impossible outcome. With fewer than two
+/// cells the test has no power and the p-value is 1.
+pub fn chi_square_goodness_of_fit(counts: &[u64], expected_probs: &[f64]) -> GoodnessOfFit {
+    assert_eq!(counts.len(), expected_probs.len(), "one probability per category");
+    let n: u64 = counts.iter().sum();
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
+    for (&o, &p) in counts.iter().zip(expected_probs) {
+        let e = p * n as f64;
+        if e < 5.0 {
+            pooled_o += o as f64;
+            pooled_e += e;
+        } else {
+            cells.push((o as f64, e));
+        }
+    }
+    if pooled_e > 0.0 || pooled_o > 0.0 {
+        cells.push((pooled_o, pooled_e.max(1e-12)));
+    }
+    if cells.len() < 2 {
+        return GoodnessOfFit { statistic: 0.0, degrees_of_freedom: 0, p_value: 1.0 };
+    }
+    let statistic: f64 = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
+    let df = cells.len() - 1;
+    let p_value = 1.0 - ChiSquared::new(df as f64).expect("df ≥ 1").cdf(statistic);
+    GoodnessOfFit { statistic, degrees_of_freedom: df, p_value }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn goodness_of_fit_accepts_the_right_distribution_and_rejects_others() {
+        let fair = chi_square_goodness_of_fit(&[1000, 1010, 990], &[1.0 / 3.0; 3]);
+        assert_eq!(fair.degrees_of_freedom, 2);
+        assert!(fair.p_value > 0.5, "{fair:?}");
+        let skewed = chi_square_goodness_of_fit(&[1200, 900, 900], &[1.0 / 3.0; 3]);
+        assert!(skewed.p_value < 1e-6, "{skewed:?}");
+        // An outcome of probability zero is never acceptable, however rare.
+        let impossible = chi_square_goodness_of_fit(&[500, 499, 1], &[0.5, 0.5, 0.0]);
+        assert_eq!(impossible.p_value, 0.0, "{impossible:?}");
+    }
 
     #[test]
     fn identical_samples_are_homogeneous_and_different_ones_are_not() {

@@ -7,71 +7,20 @@
 
 mod common;
 
+use common::Markov;
+
 use burn::tensor::Device;
 use engine::constraint::{Constrained, TokenConstraint, TokenMask};
 use engine::generate::{generate_constrained, GenerationConfig, StopReason};
 use engine::grammar::GrammarCompiler;
-use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig, RopeStyle};
-use engine::sampling::{warp, Logits, Probs, Sampler, SamplingParams};
+use engine::sampling::{warp, Probs, Sampler, SamplingParams};
 use engine::source::ModelFiles;
 use engine::speculative::{generate_speculative, generate_speculative_constrained, DraftModel, NGram, Proposal, Proposer, SpecConfig};
 use engine::{LoadedModel, Result};
-use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 // ---------------------------------------------------------------------------------------------
 // Toy models and a toy constraint
 // ---------------------------------------------------------------------------------------------
-
-/// First-order Markov model: logits after token t are `table[t]`.
-struct Markov {
-    table: Vec<Vec<f32>>,
-    cfg: ModelConfig,
-}
-
-impl Markov {
-    fn from_probs(probs: &[&[f64]]) -> Self {
-        let table: Vec<Vec<f32>> =
-            probs.iter().map(|row| row.iter().map(|&p| if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY }).collect()).collect();
-        let cfg = ModelConfig {
-            architecture: "markov".into(),
-            name: "toy".into(),
-            vocab_size: table.len(),
-            hidden_size: 1,
-            intermediate_size: 1,
-            n_layers: 0,
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: 2,
-            rope_dims: 2,
-            rope_theta: 1.0,
-            rope_style: RopeStyle::Neox,
-            norm_eps: 0.0,
-            context_length: 4096,
-            qkv_bias: false,
-            tied_embeddings: false,
-        };
-        Markov { table, cfg }
-    }
-}
-
-impl CausalLm for Markov {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
-        let range = cache.reserve(tokens.len())?;
-        cache.commit(range.end);
-        let picked: Vec<u32> = match rows {
-            LogitRows::All => tokens.to_vec(),
-            LogitRows::Last => vec![*tokens.last().unwrap()],
-        };
-        let data = picked.iter().flat_map(|&t| self.table[t as usize].iter().copied()).collect();
-        Ok(Logits::new(data, picked.len(), self.cfg.vocab_size))
-    }
-    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        Ok(KvCache::new(0, 1, 1, capacity, &Device::flex()))
-    }
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-}
 
 fn target() -> Markov {
     Markov::from_probs(&[
@@ -136,7 +85,7 @@ fn toy_constraint(vocab: usize) -> Constrained {
 /// Exact probability of every sequence of `len` tokens after `start` under the constrained
 /// target: at each step, warp of the logits with forbidden tokens at −∞. Cell c ↦ tokens in base v.
 fn constrained_expected(t: &Markov, start: u32, params: &SamplingParams, len: usize) -> Vec<f64> {
-    let v = t.cfg.vocab_size;
+    let v = t.table.len();
     (0..v.pow(len as u32))
         .map(|c| {
             let (mut prev, mut prob, mut rest, mut history) = (start as usize, 1.0, c, Vec::new());
@@ -158,26 +107,9 @@ fn constrained_expected(t: &Markov, start: u32, params: &SamplingParams, len: us
         .collect()
 }
 
-/// χ² goodness of fit, pooling cells expected below 5; observations where nothing is expected
-/// make the statistic infinite.
+/// χ² goodness of fit (`engine::stats`): the p-value.
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> f64 {
-    let n: u64 = counts.iter().sum();
-    let mut cells: Vec<(f64, f64)> = Vec::new();
-    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
-    for (&o, &p) in counts.iter().zip(expected_probs) {
-        let e = p * n as f64;
-        if e < 5.0 {
-            pooled_o += o as f64;
-            pooled_e += e;
-        } else {
-            cells.push((o as f64, e));
-        }
-    }
-    if pooled_e > 0.0 || pooled_o > 0.0 {
-        cells.push((pooled_o, pooled_e.max(1e-12)));
-    }
-    let stat: f64 = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
-    1.0 - ChiSquared::new((cells.len() - 1) as f64).unwrap().cdf(stat)
+    engine::stats::chi_square_goodness_of_fit(counts, expected_probs).p_value
 }
 
 const DRAWS: u64 = 100_000;
@@ -190,7 +122,7 @@ fn constrained_sequence_test<'a>(proposer: Option<&dyn Fn() -> Box<dyn Proposer 
     let t = target();
     let start = 2;
     let expected = constrained_expected(&t, start, &params, LEN);
-    let v = t.cfg.vocab_size;
+    let v = t.table.len();
     let mut counts = vec![0u64; expected.len()];
     let (mut accepted, mut drafted) = (0u64, 0u64);
     for seed in 0..DRAWS {

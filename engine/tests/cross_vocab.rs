@@ -15,9 +15,9 @@
 mod common;
 
 use burn::tensor::Device;
-use common::fixtures;
+use common::{fixtures, toy_config};
 use engine::generate::{generate, GenerationConfig};
-use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig, RopeStyle};
+use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig};
 use engine::sampling::{warp, Logits, Probs, Sampler, SamplingParams};
 use engine::speculative::{
     compare_vocabularies, generate_speculative, CrossVocab, ExtendedIds, PairMode, Proposal, Proposer, SpecConfig, TextBridge,
@@ -25,7 +25,6 @@ use engine::speculative::{
 };
 use engine::tokenizer::Tokenizer;
 use engine::LoadedModel;
-use statrs::distribution::{ChiSquared, ContinuousCDF};
 use std::sync::Mutex;
 
 fn load(name: &str) -> LoadedModel {
@@ -153,27 +152,6 @@ fn extended_ids_draft_matches_greedy_and_is_accepted() {
 // ---------------------------------------------------------------------------------------------
 // Scripted models: a target and a draft that both write one text
 // ---------------------------------------------------------------------------------------------
-
-fn toy_config(name: &str, vocab_size: usize) -> ModelConfig {
-    ModelConfig {
-        architecture: "toy".into(),
-        name: name.into(),
-        vocab_size,
-        hidden_size: 1,
-        intermediate_size: 1,
-        n_layers: 0,
-        n_heads: 1,
-        n_kv_heads: 1,
-        head_dim: 2,
-        rope_dims: 2,
-        rope_theta: 1.0,
-        rope_style: RopeStyle::Neox,
-        norm_eps: 0.0,
-        context_length: 4096,
-        qkv_bias: false,
-        tied_embeddings: false,
-    }
-}
 
 /// A "model" whose greedy choice continues `script`: after the first `prompt_len` tokens it
 /// reads the text of the context; while that text is a prefix of the script it picks the
@@ -394,25 +372,10 @@ impl Proposer for SoftQ<'_> {
 const DRAWS: u64 = 100_000;
 const MIN_P: f64 = 0.001;
 
+/// χ² goodness of fit (`engine::stats`): (statistic, p-value).
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
-    let n: u64 = counts.iter().sum();
-    let mut cells: Vec<(f64, f64)> = Vec::new();
-    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
-    for (&o, &p) in counts.iter().zip(expected_probs) {
-        let e = p * n as f64;
-        if e < 5.0 {
-            pooled_o += o as f64;
-            pooled_e += e;
-        } else {
-            cells.push((o as f64, e));
-        }
-    }
-    if pooled_e > 0.0 || pooled_o > 0.0 {
-        cells.push((pooled_o, pooled_e.max(1e-12)));
-    }
-    let stat: f64 = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
-    let df = (cells.len() - 1) as f64;
-    (stat, 1.0 - ChiSquared::new(df).unwrap().cdf(stat))
+    let fit = engine::stats::chi_square_goodness_of_fit(counts, expected_probs);
+    (fit.statistic, fit.p_value)
 }
 
 struct MarkovPair {

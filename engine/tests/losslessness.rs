@@ -3,90 +3,17 @@
 //! χ² goodness-of-fit test against the target's (p > 0.001, 10⁵ draws, fixed seeds), for several
 //! (p, q) including adversarial ones; and the same test rejects a deliberately wrong verifier.
 
-use burn::tensor::Device;
+mod common;
+
+use common::Markov;
 use engine::generate::{generate, GenerationConfig};
-use engine::model::{CausalLm, KvCache, LogitRows, ModelConfig, RopeStyle};
-use engine::sampling::{warp, Logits, Probs, SamplingParams};
+use engine::sampling::{warp, Probs, SamplingParams};
 use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, VerifyMode};
-use engine::Result;
-use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-/// A first-order Markov model: the logits after token t are `table[t]`, whatever came before.
-struct Markov {
-    table: Vec<Vec<f32>>,
-    cfg: ModelConfig,
-}
-
-impl Markov {
-    fn new(table: Vec<Vec<f32>>) -> Self {
-        let v = table.len();
-        let cfg = ModelConfig {
-            architecture: "markov".into(),
-            name: "toy".into(),
-            vocab_size: v,
-            hidden_size: 1,
-            intermediate_size: 1,
-            n_layers: 0,
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: 2,
-            rope_dims: 2,
-            rope_theta: 1.0,
-            rope_style: RopeStyle::Neox,
-            norm_eps: 0.0,
-            context_length: 4096,
-            qkv_bias: false,
-            tied_embeddings: false,
-        };
-        Markov { table, cfg }
-    }
-
-    /// Log-probabilities → logits, so warp at temperature 1 gives back `probs`.
-    fn from_probs(probs: &[&[f64]]) -> Self {
-        Self::new(probs.iter().map(|row| row.iter().map(|&p| if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY }).collect()).collect())
-    }
-}
-
-impl CausalLm for Markov {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
-        let range = cache.reserve(tokens.len())?;
-        cache.commit(range.end);
-        let picked: Vec<u32> = match rows {
-            LogitRows::All => tokens.to_vec(),
-            LogitRows::Last => vec![*tokens.last().unwrap()],
-        };
-        let data = picked.iter().flat_map(|&t| self.table[t as usize].iter().copied()).collect();
-        Ok(Logits::new(data, picked.len(), self.cfg.vocab_size))
-    }
-    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        Ok(KvCache::new(0, 1, 1, capacity, &Device::flex()))
-    }
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-}
-
-/// χ² goodness of fit of `counts` to `expected_probs`, pooling cells expected below 5.
+/// χ² goodness of fit (`engine::stats`): (statistic, p-value).
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
-    let n: u64 = counts.iter().sum();
-    let mut cells: Vec<(f64, f64)> = Vec::new();
-    let (mut pooled_o, mut pooled_e) = (0.0, 0.0);
-    for (&o, &p) in counts.iter().zip(expected_probs) {
-        let e = p * n as f64;
-        if e < 5.0 {
-            pooled_o += o as f64;
-            pooled_e += e;
-        } else {
-            cells.push((o as f64, e));
-        }
-    }
-    if pooled_e > 0.0 || pooled_o > 0.0 {
-        // Observations where nothing was expected make the statistic infinite: a certain failure.
-        cells.push((pooled_o, pooled_e.max(1e-12)));
-    }
-    let stat: f64 = cells.iter().map(|(o, e)| (o - e) * (o - e) / e).sum();
-    let df = (cells.len() - 1) as f64;
-    (stat, 1.0 - ChiSquared::new(df).unwrap().cdf(stat))
+    let fit = engine::stats::chi_square_goodness_of_fit(counts, expected_probs);
+    (fit.statistic, fit.p_value)
 }
 
 const DRAWS: u64 = 100_000;
@@ -107,7 +34,7 @@ fn general_sequence_test<'a>(
     params: SamplingParams,
     len: usize,
 ) -> f64 {
-    let v = target.cfg.vocab_size;
+    let v = target.table.len();
     let start = *prompt.last().unwrap();
     // Exact target sequence probabilities under the warping.
     let rows: Vec<Probs> = target.table.iter().map(|r| warp(r, &params)).collect();

@@ -272,14 +272,7 @@ impl CausalLm for GptNeox {
     }
 
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
-        let c = &self.cfg.base;
-        if capacity > c.context_length {
-            return Err(Error::ContextOverflow { needed: capacity, capacity: c.context_length });
-        }
-        if layers == 0 || layers > c.n_layers {
-            return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", c.n_layers)));
-        }
-        Ok(KvCache::placed(layers, c.n_kv_heads, c.head_dim, capacity, &self.device, self.host))
+        self.cfg.base.cache(capacity, layers, &self.device, self.host)
     }
 
     fn config(&self) -> &ModelConfig {

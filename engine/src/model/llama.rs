@@ -192,13 +192,7 @@ impl CausalLm for Llama {
     }
 
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
-        if capacity > self.cfg.context_length {
-            return Err(Error::ContextOverflow { needed: capacity, capacity: self.cfg.context_length });
-        }
-        if layers == 0 || layers > self.cfg.n_layers {
-            return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", self.cfg.n_layers)));
-        }
-        Ok(KvCache::placed(layers, self.cfg.n_kv_heads, self.cfg.head_dim, capacity, &self.device, self.host))
+        self.cfg.cache(capacity, layers, &self.device, self.host)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -122,6 +122,18 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// A KV cache for the first `layers` layers (all of them for the model itself, fewer for a
+    /// layer-skip draft), refusing a capacity beyond the model's context length.
+    pub(crate) fn cache(&self, capacity: usize, layers: usize, device: &Device, host: bool) -> Result<KvCache> {
+        if capacity > self.context_length {
+            return Err(Error::ContextOverflow { needed: capacity, capacity: self.context_length });
+        }
+        if layers == 0 || layers > self.n_layers {
+            return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", self.n_layers)));
+        }
+        Ok(KvCache::placed(layers, self.n_kv_heads, self.head_dim, capacity, device, host))
+    }
+
     pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
         let bad = |problem: String| Error::Metadata { path: path.into(), key: "hyperparameters".into(), problem };
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {

