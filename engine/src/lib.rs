@@ -1,9 +1,14 @@
 //! # specdec engine
 //!
-//! A research engine for speculative decoding. Models (Llama/SmolLM2/TinyLlama, Qwen2) are written
-//! once against Burn's runtime [`Device`](burn::tensor::Device) — flex or ndarray on CPU, wgpu on
-//! GPUs — and load from GGUF files (any of the common quantizations, dequantized at load) or
-//! Hugging Face safetensors directories. Tokenizers come from `tokenizer.json` or GGUF metadata.
+//! A research engine for speculative decoding. Models (Llama/SmolLM2/TinyLlama, Qwen2,
+//! GPT-NeoX/Pythia, Gemma 3; one file each in [`model`]) are written once against Burn's runtime
+//! [`Device`](burn::tensor::Device) — flex or ndarray on CPU, wgpu on GPUs — and load from GGUF
+//! files or Hugging Face safetensors directories. On CPU, quantized weights stay in their GGUF
+//! blocks and run in batch-invariant packed kernels; on wgpu they are dequantized at load.
+//! Tokenizers come from `tokenizer.json` or GGUF metadata. [`speculative`] holds the lossless
+//! verifier and the proposers (a draft model of the same, an extended or a different vocabulary,
+//! prompt lookup, layer skip); [`constraint`]/[`grammar`] constrain both sides of verification;
+//! [`session`] keeps a conversation's KV caches across turns.
 //!
 //! ```no_run
 //! use engine::generate::{generate, GenerationConfig};

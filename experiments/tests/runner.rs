@@ -242,7 +242,8 @@ fn bad_configs_fail_clearly_and_keep_records() {
     assert!(e.contains("\"nope\" is not in [models]"), "{e}");
     let e = run(&cfg.replace(&tiny("llama-draft.gguf"), "/nonexistent/model.gguf"));
     assert!(e.contains("loading model `draft`") && e.contains("/nonexistent/model.gguf"), "{e}");
-    // (Pairs with different vocabularies are refused by the check `generate` uses too: tests/cli.rs.)
+    // (Pairs with different vocabularies are not an error: they run the cross-vocabulary proposer,
+    // tested in engine/tests/cross_vocab*.rs and by the seed-study-offline config.)
     let e = run(&cfg.replace("file = \"prompts.jsonl\"", "file = \"missing.jsonl\""));
     assert!(e.contains("missing.jsonl"), "{e}");
 
