@@ -22,7 +22,7 @@ fn device() -> Option<Device> {
     let probe = DEVICE.get_or_init(|| {
         let device = Device::wgpu_options().init().map_err(|e| e.to_string())?;
         let a: Tensor<2> = Tensor::from_data(TensorData::new(vec![1f32, 2.0, 3.0, 4.0], [2, 2]), &device);
-        let product = a.clone().matmul(a).into_data().to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let product = a.clone().matmul(a).into_data().try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         assert_eq!(product, [7.0, 10.0, 15.0, 22.0], "the wgpu adapter computes a wrong 2×2 product");
         Ok(device)
     });
