@@ -32,7 +32,7 @@
 //! [`compare_vocabularies`] decides which mode a pair needs: the same ids ([`DraftModel`]), a
 //! target vocabulary extending the draft's ([`ExtendedIds`]), or text ([`CrossVocab`]).
 
-use super::proposer::{DraftModel, Proposal, Proposer};
+use super::proposer::{top_probability, DraftModel, Proposal, Proposer};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, KvCache, LogitRows};
 use crate::sampling::{argmax, warp, Probs, Sampler};
@@ -746,12 +746,6 @@ impl<'m> CrossVocab<'m> {
         self.seen.extend_from_slice(feed);
         Ok(logits.last().to_vec())
     }
-}
-
-fn top_probability(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    (1.0 / total) as f32
 }
 
 impl Proposer for CrossVocab<'_> {

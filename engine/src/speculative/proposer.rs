@@ -159,7 +159,7 @@ impl<'m> DraftModel<'m> {
 }
 
 /// max softmax(row) at temperature 1.
-fn top_probability(row: &[f32]) -> f32 {
+pub(super) fn top_probability(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let total: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
     (1.0 / total) as f32
