@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Markov;
+use common::{toy_target as target, Markov};
 
 use burn::tensor::Device;
 use engine::constraint::{Constrained, TokenConstraint, TokenMask};
@@ -22,15 +22,6 @@ use engine::{LoadedModel, Result};
 // Toy models and a toy constraint
 // ---------------------------------------------------------------------------------------------
 
-fn target() -> Markov {
-    Markov::from_probs(&[
-        &[0.10, 0.40, 0.20, 0.20, 0.10],
-        &[0.30, 0.05, 0.30, 0.05, 0.30],
-        &[0.25, 0.25, 0.25, 0.15, 0.10],
-        &[0.05, 0.05, 0.10, 0.40, 0.40],
-        &[0.50, 0.10, 0.10, 0.10, 0.20],
-    ])
-}
 
 /// A draft that likes exactly what the constraint often forbids (repeats and token 0).
 fn draft() -> Markov {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Markov;
+use common::{toy_target as target, Markov};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::{warp, Probs, SamplingParams};
 use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, VerifyMode};
@@ -66,15 +66,6 @@ fn general_sequence_test<'a>(
     p
 }
 
-fn target() -> Markov {
-    Markov::from_probs(&[
-        &[0.10, 0.40, 0.20, 0.20, 0.10],
-        &[0.30, 0.05, 0.30, 0.05, 0.30],
-        &[0.25, 0.25, 0.25, 0.15, 0.10],
-        &[0.05, 0.05, 0.10, 0.40, 0.40],
-        &[0.50, 0.10, 0.10, 0.10, 0.20],
-    ])
-}
 
 #[test]
 fn speculative_sequences_follow_the_target_distribution() {

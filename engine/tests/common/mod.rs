@@ -92,3 +92,14 @@ impl engine::model::CausalLm for Markov {
         &self.cfg
     }
 }
+
+/// The five-token target of the statistical tests: no two rows alike, every transition possible.
+pub fn toy_target() -> Markov {
+    Markov::from_probs(&[
+        &[0.10, 0.40, 0.20, 0.20, 0.10],
+        &[0.30, 0.05, 0.30, 0.05, 0.30],
+        &[0.25, 0.25, 0.25, 0.15, 0.10],
+        &[0.05, 0.05, 0.10, 0.40, 0.40],
+        &[0.50, 0.10, 0.10, 0.10, 0.20],
+    ])
+}
