@@ -69,6 +69,7 @@ pub fn load_files(files: ModelFiles, device: &Device) -> Result<LoadedModel> {
             let gguf = gguf::Gguf::open(path)?;
             let tokenizer = Tokenizer::from_gguf(&gguf)?;
             let model = model::load_gguf(&gguf, device)?;
+            gguf.release_header_pages();
             let file_bytes = gguf.file_size() as u64;
             Ok(LoadedModel { model, tokenizer, files, file_bytes })
         }

@@ -22,7 +22,8 @@
 //! unused tokens are treated as special.
 
 use crate::error::{Error, Result};
-use crate::gguf::{Gguf, MetaValue};
+use crate::gguf::{Gguf, MetaArray, MetaValue};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
@@ -101,6 +102,51 @@ const END_OF_GENERATION: &[&str] = &[
     "<｜end▁of▁sentence｜>",
 ];
 
+/// Every id's bytes in one buffer: a 50k-entry table of separately allocated slices would cost
+/// three times the memory (a pointer, a length and an allocation header per id).
+#[derive(Default)]
+struct Pieces {
+    bytes: Vec<u8>,
+    /// End of piece i in `bytes` (its start is the previous end).
+    ends: Vec<usize>,
+}
+
+impl Pieces {
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.bytes[start..end])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl std::ops::Index<usize> for Pieces {
+    type Output = [u8];
+    fn index(&self, i: usize) -> &[u8] {
+        self.get(i).expect("piece id in range")
+    }
+}
+
+impl<B: AsRef<[u8]>> FromIterator<B> for Pieces {
+    fn from_iter<I: IntoIterator<Item = B>>(iter: I) -> Self {
+        let mut p = Pieces::default();
+        for piece in iter {
+            p.bytes.extend_from_slice(piece.as_ref());
+            p.ends.push(p.bytes.len());
+        }
+        p.bytes.shrink_to_fit();
+        p.ends.shrink_to_fit();
+        p
+    }
+}
+
 /// How ids become text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Decoding {
@@ -115,11 +161,9 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     origin: String,
     kind: String,
-    /// Raw vocabulary entry per id (empty where a tokenizer.json leaves a hole).
-    tokens: Vec<String>,
     special: Vec<bool>,
     /// What each id decodes to, as bytes (used when `decoding == Pieces`, and for the fingerprint).
-    pieces: Vec<Box<[u8]>>,
+    pieces: Pieces,
     decoding: Decoding,
     /// SentencePiece with a prepended `▁`: drop one leading space of decoded text.
     strip_leading_space: bool,
@@ -135,7 +179,7 @@ impl std::fmt::Debug for Tokenizer {
         f.debug_struct("Tokenizer")
             .field("origin", &self.origin)
             .field("kind", &self.kind)
-            .field("vocab_size", &self.tokens.len())
+            .field("vocab_size", &self.pieces.len())
             .field("bos_id", &self.bos_id)
             .field("add_bos", &self.add_bos)
             .field("eos_ids", &self.eos_ids)
@@ -161,19 +205,16 @@ impl<'g> Meta<'g> {
     fn err(&self, key: &str, problem: impl std::fmt::Display) -> Error {
         tok_err(&self.origin, format!("metadata `{key}`: {problem}"))
     }
-    fn array(&self, key: &str) -> Result<Option<&'g [MetaValue]>> {
+    fn array(&self, key: &str) -> Result<Option<&'g MetaArray>> {
         match self.g.get(key) {
             None => Ok(None),
             Some(v) => v.as_array().map(Some).ok_or_else(|| self.err(key, "expected an array")),
         }
     }
-    fn strings(&self, key: &str) -> Result<Option<Vec<&'g str>>> {
+    /// Borrowed from the file's map: the vocabulary is copied once, into the tokenizer.
+    fn strings(&self, key: &str) -> Result<Option<Vec<Cow<'g, str>>>> {
         let Some(a) = self.array(key)? else { return Ok(None) };
-        a.iter()
-            .enumerate()
-            .map(|(i, v)| v.as_str().ok_or_else(|| self.err(key, format!("element {i} is not a string"))))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        a.strings().map(Some).ok_or_else(|| self.err(key, "expected an array of strings"))
     }
     fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
         let Some(a) = self.array(key)? else { return Ok(None) };
@@ -375,9 +416,8 @@ struct Parts {
     inner: tokenizers::Tokenizer,
     origin: String,
     kind: String,
-    tokens: Vec<String>,
     special: Vec<bool>,
-    pieces: Vec<Box<[u8]>>,
+    pieces: Pieces,
     decoding: Decoding,
     strip_leading_space: bool,
     bos_id: Option<u32>,
@@ -401,7 +441,8 @@ impl Tokenizer {
                 ))
             }
         };
-        let tokens = m.strings("tokenizer.ggml.tokens")?.ok_or_else(|| m.err("tokenizer.ggml.tokens", "missing"))?;
+        let token_list = m.strings("tokenizer.ggml.tokens")?.ok_or_else(|| m.err("tokenizer.ggml.tokens", "missing"))?;
+        let tokens: Vec<&str> = token_list.iter().map(|t| t.as_ref()).collect();
         if tokens.is_empty() {
             return Err(m.err("tokenizer.ggml.tokens", "the vocabulary is empty"));
         }
@@ -447,7 +488,6 @@ impl Tokenizer {
         let chat_template = m.string("tokenizer.chat_template")?.map(str::to_string);
         let stated_eos: Vec<u32> = [eos_id, eot_id, eom_id].into_iter().flatten().collect();
 
-        let owned_tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
         let special: Vec<bool> = types.iter().map(|t| t.is_special()).collect();
 
         match model {
@@ -487,7 +527,6 @@ impl Tokenizer {
                     inner,
                     origin,
                     kind: format!("gpt2 BPE (pre: {pre})"),
-                    tokens: owned_tokens,
                     special,
                     pieces,
                     decoding: Decoding::Pieces,
@@ -523,7 +562,6 @@ impl Tokenizer {
                     inner,
                     origin,
                     kind: "llama SentencePiece".to_string(),
-                    tokens: owned_tokens,
                     special,
                     pieces,
                     decoding: Decoding::Pieces,
@@ -600,7 +638,7 @@ impl Tokenizer {
             .and_then(|d| serde_json::to_value(d).ok())
             .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string));
         let byte_level = decoder_type.as_deref() == Some("ByteLevel");
-        let pieces: Vec<Box<[u8]>> = tokens
+        let pieces: Pieces = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -688,7 +726,6 @@ impl Tokenizer {
             inner,
             origin,
             kind: format!("tokenizer.json ({model_kind})"),
-            tokens,
             special,
             pieces,
             decoding: if byte_level { Decoding::Pieces } else { Decoding::Hf },
@@ -710,8 +747,8 @@ impl Tokenizer {
         for &id in &p.stated_eos {
             push(id);
         }
-        for (id, t) in p.tokens.iter().enumerate() {
-            if p.special[id] && END_OF_GENERATION.contains(&t.as_str()) {
+        for (id, _) in p.special.iter().enumerate().filter(|(_, &s)| s) {
+            if p.inner.id_to_token(id as u32).is_some_and(|t| END_OF_GENERATION.contains(&t.as_str())) {
                 push(id as u32);
             }
         }
@@ -720,7 +757,6 @@ impl Tokenizer {
             inner: p.inner,
             origin: p.origin,
             kind: p.kind,
-            tokens: p.tokens,
             special: p.special,
             pieces: p.pieces,
             decoding: p.decoding,
@@ -760,10 +796,10 @@ impl Tokenizer {
     /// Text of `ids`; special (control) tokens are omitted. Byte sequences that never complete
     /// valid UTF-8 become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.tokens.len()) {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.pieces.len()) {
             return Err(tok_err(
                 &self.origin,
-                format!("token id {bad} is out of range (the vocabulary has {} tokens)", self.tokens.len()),
+                format!("token id {bad} is out of range (the vocabulary has {} tokens)", self.pieces.len()),
             ));
         }
         match self.decoding {
@@ -801,7 +837,7 @@ impl Tokenizer {
     /// Number of token ids (GGUF: the length of `tokenizer.ggml.tokens`, which matches the
     /// embedding table; tokenizer.json: highest id + 1, added tokens included).
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.pieces.len()
     }
 
     pub fn bos_id(&self) -> Option<u32> {
@@ -824,9 +860,10 @@ impl Tokenizer {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 
-    /// The raw vocabulary entry of `id` (e.g. `Ġthe`, `▁the`, `<0x0A>`, `<|im_start|>`).
+    /// The vocabulary entry of `id` as the tokenizer's model spells it (e.g. `Ġthe`, `▁the`,
+    /// `<0x0A>`, `<|im_start|>`); `None` for ids outside the vocabulary or holes in it.
     pub fn token_text(&self, id: u32) -> Option<String> {
-        self.tokens.get(id as usize).filter(|t| !t.is_empty()).cloned()
+        self.inner.id_to_token(id).filter(|t| !t.is_empty())
     }
 
     /// The bytes `id` stands for inside a text (what it adds to a decoding that does not start
@@ -841,7 +878,7 @@ impl Tokenizer {
     /// Like [`token_bytes`](Self::token_bytes), but special tokens give their literal text:
     /// what constraint engines build their token tries from (marking the specials themselves).
     pub fn piece_bytes(&self, id: u32) -> Option<&[u8]> {
-        self.pieces.get(id as usize).map(|p| &p[..])
+        self.pieces.get(id as usize)
     }
 
     /// The id whose raw vocabulary entry is `token`.
@@ -922,7 +959,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).map_err(|e| tok_err(&path.display().to_string(), format!("invalid JSON: {e}")))
 }
 
-fn fingerprint(pieces: &[Box<[u8]>]) -> u64 {
+fn fingerprint(pieces: &Pieces) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -933,27 +970,37 @@ fn fingerprint(pieces: &[Box<[u8]>]) -> u64 {
         }
     };
     eat(&(pieces.len() as u64).to_le_bytes());
-    for p in pieces {
+    for p in pieces.iter() {
         eat(&(p.len() as u32).to_le_bytes());
         eat(p);
     }
     h
 }
 
+/// Which ids own their raw text in `vocab` (a duplicate text keeps the id the vocabulary maps it
+/// to), for the token types [`add_vocab_tokens`] registers (their raw text is their vocabulary key).
+fn owners(vocab: &Vocab, tokens: &[&str], types: &[TokenType]) -> Vec<bool> {
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .map(|(i, (&t, ty))| !matches!(ty, TokenType::Normal) && vocab.get(t) == Some(&(i as u32)))
+        .collect()
+}
+
 /// Registers control/unknown tokens as special added tokens and user-defined ones as plain added
-/// tokens, both matched on the raw text. Only ids that own their text in `vocab` are registered
-/// (a duplicate text keeps the id the model vocabulary maps it to).
+/// tokens, both matched on the raw text. Only ids that own their text are registered ([`owners`]).
 fn add_vocab_tokens(
     origin: &str,
     inner: &mut tokenizers::Tokenizer,
     tokens: &[&str],
     types: &[TokenType],
-    owner: impl Fn(&str) -> Option<u32>,
+    owns: &[bool],
 ) -> Result<()> {
     let mut special = Vec::new();
     let mut plain = Vec::new();
     for (i, (&t, ty)) in tokens.iter().zip(types).enumerate() {
-        if t.is_empty() || owner(t) != Some(i as u32) {
+        if t.is_empty() || !owns[i] {
             continue;
         }
         match ty {
@@ -975,7 +1022,7 @@ fn build_byte_level_bpe(
     origin: &str,
     tokens: &[&str],
     types: &[TokenType],
-    merges: &[&str],
+    merges: &[Cow<str>],
     ignore_merges: bool,
     configure: impl FnOnce(&mut tokenizers::Tokenizer) -> Result<()>,
 ) -> Result<tokenizers::Tokenizer> {
@@ -991,7 +1038,7 @@ fn build_byte_level_bpe(
         vocab.insert(key, i as u32);
     }
     let mut pairs: Merges = Vec::with_capacity(merges.len());
-    for (i, line) in merges.iter().enumerate() {
+    for (i, line) in merges.iter().map(|m| m.as_ref()).enumerate() {
         // llama.cpp splits at the first space after the first character.
         let first = line.chars().next().map(char::len_utf8).unwrap_or(0);
         let Some(pos) = line[first..].find(' ').map(|p| p + first) else {
@@ -1009,7 +1056,7 @@ fn build_byte_level_bpe(
             pairs.push((a.to_string(), b.to_string()));
         }
     }
-    let owner = vocab.clone();
+    let owns = owners(&vocab, tokens, types);
     let bpe = BpeBuilder::new()
         .vocab_and_merges(vocab, pairs)
         .ignore_merges(ignore_merges)
@@ -1017,7 +1064,7 @@ fn build_byte_level_bpe(
         .map_err(|e| tok_err(origin, format!("cannot build the BPE model: {e}")))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
     configure(&mut inner)?;
-    add_vocab_tokens(origin, &mut inner, tokens, types, |t| owner.get(t).copied())?;
+    add_vocab_tokens(origin, &mut inner, tokens, types, &owns)?;
     Ok(inner)
 }
 
@@ -1056,7 +1103,7 @@ fn build_sentencepiece_bpe(
         });
         pairs.extend(local.iter().map(|&(_, _, k)| (t[..k].to_string(), t[k..].to_string())));
     }
-    let owner: HashMap<&str, u32> = tokens.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
+    let owns = owners(&vocab, tokens, types);
     let mut builder = BpeBuilder::new().vocab_and_merges(vocab, pairs).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(unk.to_string());
@@ -1079,7 +1126,7 @@ fn build_sentencepiece_bpe(
         decoders.push(Strip::new(' ', 1, 0).into());
     }
     inner.with_decoder(Some(DecoderSequence::new(decoders)));
-    add_vocab_tokens(origin, &mut inner, tokens, types, |t| owner.get(t).copied())?;
+    add_vocab_tokens(origin, &mut inner, tokens, types, &owns)?;
     Ok(inner)
 }
 
@@ -1112,7 +1159,7 @@ impl<'a> StreamDecoder<'a> {
     /// Adds one id; returns newly completed text, if any. Out-of-range ids are ignored.
     pub fn push(&mut self, id: u32) -> Option<String> {
         let tok = self.tok;
-        if id as usize >= tok.tokens.len() || tok.special[id as usize] {
+        if id as usize >= tok.pieces.len() || tok.special[id as usize] {
             return None;
         }
         match tok.decoding {
@@ -1893,7 +1940,7 @@ mod tests {
         check(kv, &["tokenizer.ggml.tokens", "array"]);
         let mut kv = base("tokenizer.ggml.tokens");
         kv.push(("tokenizer.ggml.tokens", V::I32s(vec![1, 2])));
-        check(kv, &["tokenizer.ggml.tokens", "not a string"]);
+        check(kv, &["tokenizer.ggml.tokens", "expected an array of strings"]);
         let mut kv = base("tokenizer.ggml.tokens");
         kv.push(("tokenizer.ggml.tokens", V::Strs(vec![])));
         check(kv, &["empty"]);

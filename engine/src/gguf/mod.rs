@@ -17,7 +17,9 @@ use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -37,7 +39,68 @@ pub enum MetaValue {
     F64(f64),
     Bool(bool),
     String(String),
-    Array(Vec<MetaValue>),
+    Array(MetaArray),
+}
+
+/// A metadata array, left in the file and decoded on demand. A tokenizer's token and merge lists
+/// are ~10⁵ short strings: parsed eagerly they would be as many heap allocations (≈ 8 MB for a
+/// 49k vocabulary), and their freed holes would stay resident next to the tokenizer built from
+/// them. Its bytes were walked and bounds-checked at open, so decoding cannot run off the map.
+#[derive(Clone)]
+pub struct MetaArray {
+    elem: u32,
+    len: usize,
+    map: Arc<Mmap>,
+    /// Byte range of the elements in the map.
+    start: usize,
+    end: usize,
+}
+
+impl MetaArray {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn cursor(&self) -> Cursor<'_> {
+        Cursor { map: &self.map, bytes: &self.map[..self.end], pos: self.start }
+    }
+
+    /// The elements, decoded one by one (strings are copied; see [`strings`](Self::strings)).
+    pub fn iter(&self) -> impl Iterator<Item = MetaValue> + '_ {
+        let mut c = self.cursor();
+        (0..self.len).map_while(move |_| c.value(self.elem, 1).ok())
+    }
+
+    /// The elements as text borrowed from the map (invalid UTF-8, which some converters wrote in
+    /// token lists, is replaced rather than refused); `None` unless this is an array of strings.
+    pub fn strings(&self) -> Option<Vec<Cow<'_, str>>> {
+        if self.elem != 8 {
+            return None;
+        }
+        let mut c = self.cursor();
+        let mut out = Vec::with_capacity(self.len);
+        for _ in 0..self.len {
+            let n = c.count("string", 1).ok()?;
+            out.push(String::from_utf8_lossy(c.take(n, "string").ok()?));
+        }
+        Some(out)
+    }
+}
+
+impl PartialEq for MetaArray {
+    fn eq(&self, other: &Self) -> bool {
+        self.elem == other.elem && self.len == other.len && self.map[self.start..self.end] == other.map[other.start..other.end]
+    }
+}
+
+impl std::fmt::Debug for MetaArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} items of type {}]", self.len, self.elem)
+    }
 }
 
 impl MetaValue {
@@ -88,7 +151,7 @@ impl MetaValue {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
+    pub fn as_array(&self) -> Option<&MetaArray> {
         match self {
             MetaValue::Array(a) => Some(a),
             _ => None,
@@ -138,7 +201,7 @@ impl TensorInfo {
 /// An opened, memory-mapped GGUF file.
 pub struct Gguf {
     path: PathBuf,
-    mmap: std::sync::Arc<Mmap>,
+    mmap: Arc<Mmap>,
     pub version: u32,
     pub metadata: BTreeMap<String, MetaValue>,
     pub tensors: Vec<TensorInfo>,
@@ -157,7 +220,9 @@ impl std::fmt::Debug for Gguf {
     }
 }
 
+/// Reads the header out of `bytes`, a prefix of `map` (arrays keep a handle on the map).
 struct Cursor<'a> {
+    map: &'a Arc<Mmap>,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -211,18 +276,34 @@ impl<'a> Cursor<'a> {
                     return Err("metadata arrays nested too deeply".into());
                 }
                 let elem = self.u32("array type")?;
-                let n = self.count("array length", 1)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.value(elem, depth + 1)?);
+                let len = self.count("array length", 1)?;
+                let start = self.pos;
+                for _ in 0..len {
+                    self.skip(elem, depth + 1)?;
                 }
-                MetaValue::Array(v)
+                MetaValue::Array(MetaArray { elem, len, map: self.map.clone(), start, end: self.pos })
             }
             10 => MetaValue::U64(self.u64("u64")?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array("i64")?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array("f64")?)),
             other => return Err(format!("unknown metadata value type {other}")),
         })
+    }
+    /// Steps over one value, checking it as [`value`](Self::value) would, without building it.
+    fn skip(&mut self, ty: u32, depth: usize) -> std::result::Result<(), String> {
+        let fixed = match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => {
+                let n = self.count("string", 1)?;
+                return self.take(n, "string").map(drop);
+            }
+            9 => return self.value(9, depth).map(drop),
+            other => return Err(format!("unknown metadata value type {other}")),
+        };
+        self.take(fixed, "array element").map(drop)
     }
 }
 
@@ -234,12 +315,12 @@ impl Gguf {
         // SAFETY: the map is read-only; a file truncated under us while mapped is outside our contract
         // (as for every mmap-based loader), all offsets are validated against the length at open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        Self::parse(path, mmap)
+        Self::parse(path, Arc::new(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self> {
+    fn parse(path: PathBuf, mmap: Arc<Mmap>) -> Result<Self> {
         let bad = |problem: String| Error::Gguf { path: path.clone(), problem };
-        let mut c = Cursor { bytes: &mmap, pos: 0 };
+        let mut c = Cursor { map: &mmap, bytes: &mmap, pos: 0 };
         let magic = c.take(4, "magic").map_err(bad)?;
         if magic != MAGIC {
             return Err(bad(format!("bad magic {:?}, expected \"GGUF\"", String::from_utf8_lossy(magic))));
@@ -311,11 +392,26 @@ impl Gguf {
                 return Err(bad(format!("duplicate tensor `{}`", t.name)));
             }
         }
-        Ok(Gguf { path, mmap: std::sync::Arc::new(mmap), version, metadata, tensors, by_name, data_start: data_start as usize })
+        Ok(Gguf { path, mmap, version, metadata, tensors, by_name, data_start: data_start as usize })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Gives the header's pages (metadata and tensor index, ~1.8 MB for a 49k-token vocabulary)
+    /// back to the OS once the tokenizer and model are built from them: they would otherwise stay
+    /// resident for the model's lifetime. Reading metadata later faults them in again.
+    pub fn release_header_pages(&self) {
+        // Whole pages below the data section (the kernel rounds the length up to its page size,
+        // which at worst drops one page of tensor data that is read back on use).
+        let len = self.data_start / 4096 * 4096;
+        #[cfg(unix)]
+        if len > 0 {
+            // SAFETY: the map is shared and read-only: MADV_DONTNEED only drops our page-table
+            // entries, and the next access reads the same bytes back from the file.
+            let _ = unsafe { self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, len) };
+        }
     }
 
     /// Size of the file in bytes.
@@ -346,11 +442,11 @@ impl Gguf {
         v.as_f64().ok_or_else(|| self.meta_err(key, "expected a number"))
     }
 
-    /// A string array (e.g. `tokenizer.ggml.tokens`).
-    pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
+    /// A string array (e.g. `tokenizer.ggml.tokens`), borrowed from the map.
+    pub fn get_str_array(&self, key: &str) -> Result<Vec<Cow<'_, str>>> {
         let v = self.get(key).ok_or_else(|| self.meta_err(key, "missing"))?;
         let a = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array"))?;
-        a.iter().map(|x| x.as_str().ok_or_else(|| self.meta_err(key, "expected an array of strings"))).collect()
+        a.strings().ok_or_else(|| self.meta_err(key, "expected an array of strings"))
     }
 
     /// The general.architecture key.

@@ -159,3 +159,57 @@ fn missing_file_names_the_path() {
     assert!(matches!(e, Error::Io { .. }));
     assert!(e.to_string().contains("/nonexistent/model.gguf"));
 }
+
+#[test]
+fn arrays_stay_in_the_file_and_decode_on_demand() {
+    // [[1, 2], [3]] as nested i32 arrays, a string list with one invalid UTF-8 entry, and an
+    // unknown element type inside an array (refused at open, not when read).
+    let i32s = |v: &[i32]| {
+        let mut b = 5u32.to_le_bytes().to_vec();
+        b.extend((v.len() as u64).to_le_bytes());
+        v.iter().for_each(|x| b.extend(x.to_le_bytes()));
+        b
+    };
+    let mut nested = 9u32.to_le_bytes().to_vec();
+    nested.extend(2u64.to_le_bytes());
+    nested.extend(i32s(&[1, 2]));
+    nested.extend(i32s(&[3]));
+    let mut bad_utf8 = 8u32.to_le_bytes().to_vec();
+    bad_utf8.extend(2u64.to_le_bytes());
+    for s in [&b"ok"[..], &[0x66, 0xff]] {
+        bad_utf8.extend((s.len() as u64).to_le_bytes());
+        bad_utf8.extend(s);
+    }
+    let mut b = sample();
+    b.kv.push(("nested".into(), 9, nested));
+    b.kv.push(("bytes".into(), 9, bad_utf8));
+    let p = write_temp("arrays.gguf", &b.bytes());
+    let g = Gguf::open(&p).unwrap();
+
+    let outer = g.get("nested").and_then(MetaValue::as_array).unwrap();
+    assert_eq!(outer.len(), 2);
+    assert!(outer.strings().is_none(), "not an array of strings");
+    let inner: Vec<Vec<i64>> = outer
+        .iter()
+        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+        .collect();
+    assert_eq!(inner, vec![vec![1, 2], vec![3]]);
+    assert_eq!(g.get_str_array("bytes").unwrap(), vec!["ok", "f\u{fffd}"]);
+    assert_eq!(g.get("nested").unwrap().summary(), "[2 items]");
+
+    // Dropping the header's pages loses nothing: the next read faults them back from the file.
+    g.release_header_pages();
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap(), vec!["a", "b", "c"]);
+    assert_eq!(inner, outer.iter().map(|v| v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>()).collect::<Vec<_>>());
+
+    let mut b = sample();
+    let mut unknown = 13u32.to_le_bytes().to_vec();
+    unknown.extend(1u64.to_le_bytes());
+    unknown.extend([0u8; 8]);
+    b.kv.push(("unknown".into(), 9, unknown));
+    let p = write_temp("unknown-elem.gguf", &b.bytes());
+    match Gguf::open(&p) {
+        Err(Error::Gguf { problem, .. }) => assert!(problem.contains("unknown metadata value type 13"), "{problem}"),
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+}
