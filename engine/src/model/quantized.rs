@@ -179,22 +179,23 @@ impl QuantMatrix {
         })
     }
 
-    /// The Q8 path: quantize each activation row in the layout the format pairs with, then per
-    /// weight row, up to four activation rows per pass (the weight blocks are unpacked once per
-    /// pass and stay in L1 for the next).
+    /// The Q8 path: quantize each activation row in the layout the format pairs with, then for
+    /// each chunk of weight rows, up to four activation rows per pass (each weight block is
+    /// unpacked once per pass; the chunk's rows stay in L1 for the next pass).
     fn integer_product<A: q8::Activations>(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let qx: Vec<A> = x.chunks_exact(self.inp).map(A::quantize).collect();
-        kernels::by_column(rows, self.out, rows * self.out * self.inp, |j, y| {
-            let w = &self.bytes[j * self.row_bytes..(j + 1) * self.row_bytes];
+        let rb = self.row_bytes;
+        kernels::by_column(rows, self.out, rows * self.out * self.inp, |first, part| {
+            let w = &self.bytes[first * rb..(first + part.len() / rows) * rb];
             let mut r = 0;
             while r < rows {
                 let n = (rows - r).min(4);
-                let ys = &mut y[r..r + n];
+                let out = &mut part[r..];
                 match n {
-                    4 => ys.copy_from_slice(&A::dot_rows(self.ty, w, [&qx[r], &qx[r + 1], &qx[r + 2], &qx[r + 3]])),
-                    3 => ys.copy_from_slice(&A::dot_rows(self.ty, w, [&qx[r], &qx[r + 1], &qx[r + 2]])),
-                    2 => ys.copy_from_slice(&A::dot_rows(self.ty, w, [&qx[r], &qx[r + 1]])),
-                    _ => ys.copy_from_slice(&A::dot_rows(self.ty, w, [&qx[r]])),
+                    4 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2], &qx[r + 3]], out, rows),
+                    3 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2]], out, rows),
+                    2 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1]], out, rows),
+                    _ => A::dot_columns(self.ty, w, rb, [&qx[r]], out, rows),
                 }
                 r += n;
             }
@@ -545,6 +546,14 @@ mod tests {
             }
             let alone = w.matmul_t_with(KernelMode::Q8, &x[r * inp..(r + 1) * inp], 1);
             assert_eq!(&y[r * out..(r + 1) * out], &alone[..], "{}: row {r} depends on the batch", ty.name());
+        }
+        // The column driver equals per-row calls bit for bit, at any stride.
+        let qx: Vec<A> = x.chunks_exact(inp).take(2).map(A::quantize).collect();
+        let mut strided = vec![f32::NAN; 1 + 3 * out];
+        A::dot_columns(ty, &bytes, w.row_bytes, [&qx[0], &qx[1]], &mut strided[1..], 3);
+        for j in 0..out {
+            let want = A::dot_rows(ty, &bytes[j * w.row_bytes..(j + 1) * w.row_bytes], [&qx[0], &qx[1]]);
+            assert_eq!(strided[1 + 3 * j..3 + 3 * j], want, "{}: column {j}", ty.name());
         }
     }
 
