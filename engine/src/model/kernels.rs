@@ -201,19 +201,38 @@ where
     F: Fn(usize, &mut [f32]) + Sync,
 {
     let cols = column_chunk(out, 16);
-    let mut yt = vec![0f32; out * rows];
-    if work < PARALLEL_MIN_WORK {
-        yt.chunks_mut(rows * cols).enumerate().for_each(|(c, part)| f(c * cols, part));
-    } else {
-        pool::for_each_chunk_mut(&mut yt, rows * cols, |c, part| f(c * cols, part));
-    }
-    let mut y = vec![0f32; rows * out];
-    for (j, col) in yt.chunks_exact(rows).enumerate() {
-        for (r, &v) in col.iter().enumerate() {
-            y[r * out + j] = v;
+    let parallel = work >= PARALLEL_MIN_WORK;
+    if rows == 1 {
+        // One row: column-major is row-major, and the chunks fill y in place.
+        let mut y = vec![0f32; out];
+        if parallel {
+            pool::for_each_chunk_mut(&mut y, cols, |c, part| f(c * cols, part));
+        } else {
+            y.chunks_mut(cols).enumerate().for_each(|(c, part)| f(c * cols, part));
         }
+        return y;
     }
-    y
+    // Each chunk fills its own column-major buffer and copies it into y: only the chunks in
+    // flight exist twice, not the whole product (a 9-row verification's logits are 1.8 MB on
+    // SmolLM2, the largest allocation of a step).
+    let y = std::sync::Mutex::new(vec![0f32; rows * out]);
+    let chunk = |c: usize| {
+        let (first, n) = (c * cols, cols.min(out - c * cols));
+        let mut part = vec![0f32; n * rows];
+        f(first, &mut part);
+        let mut y = y.lock().unwrap_or_else(|e| e.into_inner());
+        for (j, col) in part.chunks_exact(rows).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[r * out + first + j] = v;
+            }
+        }
+    };
+    if parallel {
+        pool::run(out.div_ceil(cols), chunk);
+    } else {
+        (0..out.div_ceil(cols)).for_each(chunk);
+    }
+    y.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
