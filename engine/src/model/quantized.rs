@@ -180,24 +180,28 @@ impl QuantMatrix {
     }
 
     /// The Q8 path: quantize each activation row in the layout the format pairs with, then for
-    /// each chunk of weight rows, up to four activation rows per pass (each weight block is
-    /// unpacked once per pass; the chunk's rows stay in L1 for the next pass).
+    /// each run of 16 weight rows, up to four activation rows per pass (each weight block is
+    /// unpacked once per pass, and the 16 rows stay in L1 for the next pass).
     fn integer_product<A: q8::Activations>(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        const RUN: usize = 16;
         let qx: Vec<A> = x.chunks_exact(self.inp).map(A::quantize).collect();
         let rb = self.row_bytes;
         kernels::by_column(rows, self.out, rows * self.out * self.inp, |first, part| {
-            let w = &self.bytes[first * rb..(first + part.len() / rows) * rb];
-            let mut r = 0;
-            while r < rows {
-                let n = (rows - r).min(4);
-                let out = &mut part[r..];
-                match n {
-                    4 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2], &qx[r + 3]], out, rows),
-                    3 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2]], out, rows),
-                    2 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1]], out, rows),
-                    _ => A::dot_columns(self.ty, w, rb, [&qx[r]], out, rows),
+            for (s, run) in part.chunks_mut(RUN * rows).enumerate() {
+                let j = first + s * RUN;
+                let w = &self.bytes[j * rb..(j + run.len() / rows) * rb];
+                let mut r = 0;
+                while r < rows {
+                    let n = (rows - r).min(4);
+                    let out = &mut run[r..];
+                    match n {
+                        4 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2], &qx[r + 3]], out, rows),
+                        3 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1], &qx[r + 2]], out, rows),
+                        2 => A::dot_columns(self.ty, w, rb, [&qx[r], &qx[r + 1]], out, rows),
+                        _ => A::dot_columns(self.ty, w, rb, [&qx[r]], out, rows),
+                    }
+                    r += n;
                 }
-                r += n;
             }
         })
     }
