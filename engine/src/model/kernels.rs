@@ -20,7 +20,7 @@ const CHUNKS_PER_THREAD: usize = 2;
 /// Output columns per chunk: a few long runs per thread, each a sequential stream of weight rows
 /// the hardware prefetcher follows, with one spare per thread for balance. (Chunks of 16 columns
 /// taken in turn kept SmolLM2's decode at 80 tok/s, reading the weights at 8 of 32 GB/s; this
-/// split runs it at 130–145.) A multiple of `step`, the kernel's own column step.
+/// split runs it at 120–150.) A multiple of `step`, the kernel's own column step.
 fn column_chunk(out: usize, step: usize) -> usize {
     out.div_ceil(rayon::current_num_threads() * CHUNKS_PER_THREAD).next_multiple_of(step).max(step)
 }
