@@ -159,9 +159,14 @@ impl Activations for Q8Row {
             assert_eq!(row.len(), ty.bytes_for(xr.q.len()));
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU features were checked above; sizes match (asserted).
+        // SAFETY: the CPU features were checked above; sizes match (asserted). An empty row
+        // (no blocks) is a zero sum: `dot_columns` needs rows of at least one byte.
         unsafe {
-            avx2::dot(ty, row, x)
+            let mut out = [0f32; R];
+            if !row.is_empty() {
+                avx2::dot_columns(ty, row, row.len(), x, &mut out, R);
+            }
+            out
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!()
@@ -199,9 +204,14 @@ impl Activations for Q8KRow {
             assert_eq!(row.len(), ty.bytes_for(xr.q.len()));
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU features were checked above; sizes match (asserted).
+        // SAFETY: the CPU features were checked above; sizes match (asserted). An empty row
+        // (no blocks) is a zero sum: `dot_columns` needs rows of at least one byte.
         unsafe {
-            avx2::dot_k(ty, row, x)
+            let mut out = [0f32; R];
+            if !row.is_empty() {
+                avx2::dot_k_columns(ty, row, row.len(), x, &mut out, R);
+            }
+            out
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!()
@@ -297,53 +307,29 @@ pub(super) mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// # Safety
-    /// AVX2, FMA and F16C must be available; `row` holds the blocks of each `x`'s values.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot<const R: usize>(ty: GgmlType, row: &[u8], x: [&Q8Row; R]) -> [f32; R] {
-        match ty {
-            GgmlType::Q4_0 => dot32::<0, R>(row, x),
-            GgmlType::Q4_1 => dot32::<1, R>(row, x),
-            GgmlType::Q8_0 => dot32::<2, R>(row, x),
-            GgmlType::Q5_0 => dot32::<3, R>(row, x),
-            GgmlType::Q5_1 => dot32::<4, R>(row, x),
-            _ => unreachable!("dot_rows gates the types"),
-        }
+    /// `out[j·stride ..][..R]` = the kernel's R sums for weight row j of `w` (rows of `row_bytes`).
+    macro_rules! each_row {
+        ($w:expr, $row_bytes:expr, $x:expr, $out:expr, $stride:expr, $kernel:expr) => {
+            for (j, row) in $w.chunks_exact($row_bytes).enumerate() {
+                $out[j * $stride..j * $stride + $x.len()].copy_from_slice(&$kernel(row, $x));
+            }
+        };
     }
 
-    /// # Safety
-    /// AVX2, FMA and F16C must be available; `row` holds the super-blocks of each `x`'s values.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_k<const R: usize>(ty: GgmlType, row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
-        match ty {
-            GgmlType::Q4K => dot_k45::<false, R>(row, x),
-            GgmlType::Q5K => dot_k45::<true, R>(row, x),
-            GgmlType::Q6K => dot_q6k::<R>(row, x),
-            _ => unreachable!("dot_rows gates the types"),
-        }
-    }
-
-    /// Every weight row of `w` (rows of `row_bytes`) times the R activation rows, into
-    /// `out[j·stride ..][..R]`: the format is matched once, and each row runs the same kernel
-    /// [`dot`] would.
+    /// Every weight row of `w` (rows of `row_bytes`, at least one byte) times the R activation
+    /// rows, into `out[j·stride ..][..R]`, for the 32-value formats; the format is matched once.
     ///
     /// # Safety
-    /// As [`dot`] for every row; `out` holds `(rows − 1)·stride + R` values.
+    /// AVX2, FMA and F16C must be available; every row holds the blocks of each `x`'s values;
+    /// `out` holds `(rows − 1)·stride + R` values.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_columns<const R: usize>(ty: GgmlType, w: &[u8], row_bytes: usize, x: [&Q8Row; R], out: &mut [f32], stride: usize) {
-        macro_rules! each_row {
-            ($kernel:expr) => {
-                for (j, row) in w.chunks_exact(row_bytes).enumerate() {
-                    out[j * stride..j * stride + R].copy_from_slice(&$kernel(row, x));
-                }
-            };
-        }
         match ty {
-            GgmlType::Q4_0 => each_row!(dot32::<0, R>),
-            GgmlType::Q4_1 => each_row!(dot32::<1, R>),
-            GgmlType::Q8_0 => each_row!(dot32::<2, R>),
-            GgmlType::Q5_0 => each_row!(dot32::<3, R>),
-            GgmlType::Q5_1 => each_row!(dot32::<4, R>),
+            GgmlType::Q4_0 => each_row!(w, row_bytes, x, out, stride, dot32::<0, R>),
+            GgmlType::Q4_1 => each_row!(w, row_bytes, x, out, stride, dot32::<1, R>),
+            GgmlType::Q8_0 => each_row!(w, row_bytes, x, out, stride, dot32::<2, R>),
+            GgmlType::Q5_0 => each_row!(w, row_bytes, x, out, stride, dot32::<3, R>),
+            GgmlType::Q5_1 => each_row!(w, row_bytes, x, out, stride, dot32::<4, R>),
             _ => unreachable!("dot_columns gates the types"),
         }
     }
@@ -351,20 +337,13 @@ pub(super) mod avx2 {
     /// [`dot_columns`] for the K formats.
     ///
     /// # Safety
-    /// As [`dot_k`] for every row; `out` holds `(rows − 1)·stride + R` values.
+    /// As [`dot_columns`], with every row holding the super-blocks of each `x`'s values.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_k_columns<const R: usize>(ty: GgmlType, w: &[u8], row_bytes: usize, x: [&Q8KRow; R], out: &mut [f32], stride: usize) {
-        macro_rules! each_row {
-            ($kernel:expr) => {
-                for (j, row) in w.chunks_exact(row_bytes).enumerate() {
-                    out[j * stride..j * stride + R].copy_from_slice(&$kernel(row, x));
-                }
-            };
-        }
         match ty {
-            GgmlType::Q4K => each_row!(dot_k45::<false, R>),
-            GgmlType::Q5K => each_row!(dot_k45::<true, R>),
-            GgmlType::Q6K => each_row!(dot_q6k::<R>),
+            GgmlType::Q4K => each_row!(w, row_bytes, x, out, stride, dot_k45::<false, R>),
+            GgmlType::Q5K => each_row!(w, row_bytes, x, out, stride, dot_k45::<true, R>),
+            GgmlType::Q6K => each_row!(w, row_bytes, x, out, stride, dot_q6k::<R>),
             _ => unreachable!("dot_columns gates the types"),
         }
     }
@@ -572,7 +551,7 @@ pub(super) mod avx2 {
     /// minimums contribute dmin·dx·Σ_j min_j·Σx_j from the activation sums.
     ///
     /// The inner loops address through raw pointers: the sizes are checked once per call (in
-    /// `dot_rows`), and per-load bounds checks would cost as much as the arithmetic.
+    /// `dot_rows` / `dot_columns`), and per-load bounds checks would cost as much as the arithmetic.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_k45<const FIVE: bool, const R: usize>(row: &[u8], x: [&Q8KRow; R]) -> [f32; R] {
@@ -589,7 +568,7 @@ pub(super) mod avx2 {
             let mins = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(sm.as_ptr().add(8).cast()) });
             let scales = _mm256_set_m128i(scales8, scales8);
             let (qh, qs) = if FIVE { (load32(&b[16..48]), &b[48..176]) } else { (_mm256_setzero_si256(), &b[16..144]) };
-            // SAFETY: every row holds whole super-blocks (checked by dot_rows), so sb·256 + 256 ≤ len.
+            // SAFETY: every row holds whole super-blocks (checked by `dot_rows` / `dot_columns`), so sb·256 + 256 ≤ len.
             let xq: [*const __m256i; R] = std::array::from_fn(|r| unsafe { x[r].q.as_ptr().add(sb * QK_K) }.cast());
             let mut sums = [_mm256_setzero_si256(); R];
             for c in 0..4 {
@@ -640,7 +619,7 @@ pub(super) mod avx2 {
             // SAFETY: b holds 210 bytes; the scales are bytes 192..208.
             let sc = unsafe { _mm_loadu_si128(b.as_ptr().add(192).cast()) };
             let scales = _mm256_cvtepi8_epi16(sc);
-            // SAFETY: every row holds whole super-blocks (checked by dot_rows).
+            // SAFETY: every row holds whole super-blocks (checked by `dot_rows` / `dot_columns`).
             let xq: [*const __m256i; R] = std::array::from_fn(|r| unsafe { x[r].q.as_ptr().add(sb * QK_K) }.cast());
             let mut sums = [_mm256_setzero_si256(); R];
             for half in 0..2 {
