@@ -8,7 +8,7 @@
 //! ```
 
 use engine::gguf::Gguf;
-use engine::model::quantized::{KernelMode, QuantMatrix};
+use engine::cpu::{KernelMode, QuantMatrix};
 use std::time::Instant;
 
 fn main() -> engine::Result<()> {

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod constraint;
+pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -5,7 +5,8 @@
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::model::quantized::{kernel_mode, KernelMode, QuantMatrix, TensorBytes};
+use crate::cpu::{kernel_mode, KernelMode, QuantMatrix};
+use crate::gguf::TensorBytes;
 use crate::model::{
     FamilyConfig, Gelu, Gemma3Config, GptNeoxConfig, ModelConfig, QkvLayout, RopeStyle, WeightSource, SUPPORTED_MODEL_TYPES,
 };

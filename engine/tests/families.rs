@@ -10,7 +10,7 @@ mod common;
 use burn::tensor::Device;
 use common::{fixtures, max_abs_diff, read_json};
 use engine::gguf::{GgmlType, Gguf};
-use engine::model::quantized::{with_kernel_mode, KernelMode};
+use engine::cpu::{with_kernel_mode, KernelMode};
 use engine::model::{
     load_gguf, load_hf, CausalLm, FamilyConfig, Gemma3, Gemma3Config, GptNeox, GptNeoxConfig, LogitRows, WeightSource,
 };
@@ -209,7 +209,7 @@ fn the_logit_check_has_power_wrong_variants_fail_it() {
 
 #[test]
 fn windowed_attention_kernel_sees_exactly_the_last_window_keys() {
-    use engine::model::kernels::causal_attention;
+    use engine::cpu::causal_attention;
     use engine::model::AttentionShape;
     let data = |n: usize, seed: u32| -> Vec<f32> {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()

@@ -9,7 +9,7 @@ mod common;
 use burn::tensor::Device;
 use common::{fixtures, read_json, real_model};
 use engine::generate::{generate, GenerationConfig};
-use engine::model::quantized::{with_kernel_mode, KernelMode};
+use engine::cpu::{with_kernel_mode, KernelMode};
 use engine::model::{CausalLm, LogitRows};
 
 const NEAR_TIE: f64 = 0.5;

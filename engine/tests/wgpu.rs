@@ -96,7 +96,7 @@ fn smollm2_decodes_on_wgpu_like_the_exact_cpu_kernels() {
     let Some(gpu) = device() else { return };
     let Some(path) = real_model("smollm2-135m") else { return };
     let on_gpu = engine::load_files(engine::source::ModelFiles::Gguf(path.clone()), &gpu).unwrap();
-    let cpu = engine::model::quantized::with_kernel_mode(engine::model::quantized::KernelMode::Exact, || {
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || {
         engine::load_files(engine::source::ModelFiles::Gguf(path), &Device::flex()).unwrap()
     });
     let prompt = on_gpu.tokenizer.encode("The capital of France is", true).unwrap();

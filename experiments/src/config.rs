@@ -174,8 +174,8 @@ fn default_kernels() -> String {
 }
 
 /// Parses a kernel mode name as configs and `--kernels` spell it.
-pub fn parse_kernels(name: &str) -> Result<engine::model::quantized::KernelMode> {
-    use engine::model::quantized::KernelMode;
+pub fn parse_kernels(name: &str) -> Result<engine::cpu::KernelMode> {
+    use engine::cpu::KernelMode;
     match name {
         "q8" => Ok(KernelMode::Q8),
         "exact" => Ok(KernelMode::Exact),
@@ -344,7 +344,7 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    pub fn kernels_of(&self, model: &str) -> Result<engine::model::quantized::KernelMode> {
+    pub fn kernels_of(&self, model: &str) -> Result<engine::cpu::KernelMode> {
         parse_kernels(self.models.get(model).and_then(|m| m.kernels.as_deref()).unwrap_or(&self.kernels)).context("`kernels`")
     }
 

@@ -174,7 +174,7 @@ impl RuntimeArgs {
     /// Sets up threads and kernels; returns the thread count.
     fn init(&self) -> Result<usize> {
         if let Some(k) = &self.kernels {
-            engine::model::quantized::set_kernel_mode(config::parse_kernels(k)?);
+            engine::cpu::set_kernel_mode(config::parse_kernels(k)?);
         }
         backend::init_threads(self.threads)
     }
@@ -392,7 +392,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         "seed": cfg.seed,
         "max_new_tokens": cfg.max_new_tokens,
         "backend": args.runtime.backend.to_string(),
-        "kernels": format!("{:?}", engine::model::quantized::kernel_mode()).to_lowercase(),
+        "kernels": format!("{:?}", engine::cpu::kernel_mode()).to_lowercase(),
         "threads": threads,
         "text": text,
         "tokens": gen.tokens,
@@ -534,7 +534,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "model": args.model,
         "file": files.path(),
         "backend": args.runtime.backend.to_string(),
-        "kernels": format!("{:?}", engine::model::quantized::kernel_mode()).to_lowercase(),
+        "kernels": format!("{:?}", engine::cpu::kernel_mode()).to_lowercase(),
         "threads": threads,
         "prompt_tokens": args.prompt_tokens,
         "gen_tokens": args.gen_tokens,

@@ -271,7 +271,7 @@ pub fn run(model: &str, args: &QualityArgs, device: &burn::tensor::Device, threa
         "temperature": args.temperature,
         "seed": args.seed,
         "backend": backend,
-        "kernels": format!("{:?}", engine::model::quantized::kernel_mode()).to_lowercase(),
+        "kernels": format!("{:?}", engine::cpu::kernel_mode()).to_lowercase(),
         "threads": threads,
         "load_s": load_s,
         "peak_rss_bytes": crate::backend::peak_rss_bytes(),

@@ -298,7 +298,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         }
         let kernels = cfg.kernels_of(name)?;
         let loaded = pool
-            .install(|| engine::model::quantized::with_kernel_mode(kernels, || engine::load_model(&entry.source, &device)))
+            .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model(&entry.source, &device)))
             .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
         let files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
         manifest_models.insert(

@@ -8,10 +8,11 @@
 //!
 //! Every read is bounds-checked: a truncated or corrupt file is an [`Error::Gguf`], never a panic.
 
+mod fast;
 mod quant;
 
+pub use fast::dequantize_fast;
 pub use quant::{dequantize, GgmlType};
-pub(crate) use quant::scale_min_k4;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -466,9 +467,9 @@ impl Gguf {
 
     /// A tensor's bytes as a shared range of the map, which outlives this `Gguf` (weights kept
     /// in their quantization point into the file instead of copying it).
-    pub fn tensor_bytes_shared(&self, info: &TensorInfo) -> crate::model::quantized::TensorBytes {
+    pub fn tensor_bytes_shared(&self, info: &TensorInfo) -> TensorBytes {
         let start = self.data_start + info.offset as usize;
-        crate::model::quantized::TensorBytes::Mapped { map: self.mmap.clone(), start, len: info.n_bytes() }
+        TensorBytes::Mapped { map: self.mmap.clone(), start, len: info.n_bytes() }
     }
 
     /// Dequantize a tensor to f32, row-major (slowest axis first).
@@ -493,6 +494,23 @@ impl Gguf {
             .try_for_each(|(o, b)| dequantize(info.dtype, b, o))
             .map_err(|problem| Error::Gguf { path: self.path.clone(), problem: format!("tensor `{name}`: {problem}") })?;
         Ok((out, info.shape()))
+    }
+}
+
+/// Bytes of a tensor: a range of a shared memory map (zero-copy) or an owned buffer.
+#[derive(Clone)]
+pub enum TensorBytes {
+    Mapped { map: Arc<Mmap>, start: usize, len: usize },
+    Owned(Arc<[u8]>),
+}
+
+impl std::ops::Deref for TensorBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            TensorBytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            TensorBytes::Owned(bytes) => bytes,
+        }
     }
 }
 

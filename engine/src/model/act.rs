@@ -3,13 +3,11 @@
 //!
 //! On the CPU backends a decode step of a small model is ~1500 tiny operations; each Burn op costs
 //! 3–10 µs of dispatch and allocation there, more than the math itself. So on CPU devices the
-//! activations live in plain host buffers and every operation is a host loop (or a kernel of
-//! [`kernels`](super::kernels)); on other devices (wgpu) they are Burn tensors and the operations
-//! are Burn ops. Model code calls the operations and never asks which.
-//!
-//! Host operations are per row in a fixed order, so a row's values never depend on how many rows
-//! are computed together (batch invariance).
+//! activations live in plain host buffers and every operation is a host routine of
+//! [`crate::cpu`]; on other devices (wgpu) they are Burn tensors and the operations are Burn ops.
+//! Model code calls the operations and never asks which.
 
+use crate::cpu::ops;
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -118,19 +116,19 @@ impl Act {
 
     /// x·σ(x) (SwiGLU's gate).
     pub fn silu(self) -> Act {
-        self.map(|v, _| v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp()), silu)
+        self.map(|v, _| ops::silu(v), silu)
     }
 
     /// The exact (erf) GELU.
     pub fn gelu(self) -> Act {
-        self.map(|v, _| v.iter_mut().for_each(|x| *x = 0.5 * *x * (1.0 + erf(*x / std::f32::consts::SQRT_2))), gelu)
+        self.map(|v, _| ops::gelu(v), gelu)
     }
 
     /// The tanh approximation of GELU (`gelu_pytorch_tanh`).
     pub fn gelu_tanh(self) -> Act {
-        const C: f32 = 0.797_884_6; // sqrt(2 / π)
+        const C: f32 = ops::GELU_TANH_C;
         self.map(
-            |v, _| v.iter_mut().for_each(|x| *x = 0.5 * *x * (1.0 + (C * (*x + 0.044715 * *x * *x * *x)).tanh())),
+            |v, _| ops::gelu_tanh(v),
             |t| {
                 let inner = (t.clone() + t.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(C).tanh();
                 t.mul_scalar(0.5) * inner.add_scalar(1.0)
@@ -148,13 +146,8 @@ impl Act {
         match self {
             Act::Host { mut data, cols } => {
                 let w = w.host();
-                let width = cols / groups;
-                assert_eq!(w.len(), width, "norm weight of {} for groups of {width}", w.len());
-                for g in data.chunks_exact_mut(width) {
-                    let ms = g.iter().map(|x| x * x).sum::<f32>() / width as f32;
-                    let inv = 1.0 / (ms + eps as f32).sqrt();
-                    g.iter_mut().zip(w).for_each(|(x, w)| *x = *x * inv * w);
-                }
+                assert_eq!(w.len() * groups, cols, "norm weight of {} for {groups} groups of a {cols}-wide row", w.len());
+                ops::rms_norm(&mut data, w, eps);
                 Act::Host { data, cols }
             }
             Act::Device(t) => {
@@ -171,15 +164,8 @@ impl Act {
     pub fn layer_norm(self, w: &Vector, b: &Vector, eps: f64) -> Act {
         match self {
             Act::Host { mut data, cols } => {
-                let (w, b) = (w.host(), b.host());
-                for row in data.chunks_exact_mut(cols) {
-                    let mean = row.iter().sum::<f32>() / cols as f32;
-                    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / cols as f32;
-                    let inv = 1.0 / (var + eps as f32).sqrt();
-                    for ((x, w), b) in row.iter_mut().zip(w).zip(b) {
-                        *x = (*x - mean) * inv * w + b;
-                    }
-                }
+                assert_eq!(w.host().len(), cols, "layer norm weight of {} for {cols} columns", w.host().len());
+                ops::layer_norm(&mut data, w.host(), b.host(), eps);
                 Act::Host { data, cols }
             }
             Act::Device(t) => {
@@ -197,8 +183,8 @@ impl Act {
     pub fn add_bias(self, b: &Vector) -> Act {
         match self {
             Act::Host { mut data, cols } => {
-                let b = b.host();
-                data.chunks_exact_mut(cols).for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+                assert_eq!(b.host().len(), cols, "bias of {} for {cols} columns", b.host().len());
+                ops::add_bias(&mut data, b.host());
                 Act::Host { data, cols }
             }
             Act::Device(t) => {
@@ -235,23 +221,6 @@ impl Act {
                 Act::Device(t.slice([rows - 1..rows, 0..cols]))
             }
         }
-    }
-}
-
-/// erf(x) from Numerical Recipes' Chebyshev fit of erfc (fractional error < 1.2e-7: f32 rounding).
-fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let y = 1.0
-        - t * (-x * x - 1.265_512_2
-            + t * (1.000_023_7
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_9 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        y
-    } else {
-        -y
     }
 }
 
@@ -296,14 +265,6 @@ mod tests {
             for (a, b) in h.into_host().iter().zip(d.into_host()) {
                 assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "{name}: host {a} vs Burn {b}");
             }
-        }
-    }
-
-    #[test]
-    fn erf_is_accurate() {
-        // erf(0.5) = 0.520499877813…, erf(1) = 0.842700792949…, erf(2) = 0.995322265018…
-        for (x, want) in [(0.0f32, 0.0f64), (0.5, 0.520_499_877_813), (1.0, 0.842_700_792_949), (2.0, 0.995_322_265_018), (-1.0, -0.842_700_792_949)] {
-            assert!((erf(x) as f64 - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
         }
     }
 }

@@ -6,7 +6,7 @@
 //! attention kernel; on other devices they are Burn tensors written with `slice_assign`.
 
 use super::act::Act;
-use super::kernels;
+use crate::cpu::{causal_attention, AttentionShape};
 use crate::error::{Error, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -24,18 +24,6 @@ pub struct KvCache {
 enum LayerCache {
     Host { k: Vec<f32>, v: Vec<f32> },
     Device { k: Option<Tensor<4>>, v: Option<Tensor<4>>, device: Device },
-}
-
-/// The shape of one attention layer.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    /// Multiplies q·k before the softmax.
-    pub scale: f32,
-    /// Sliding window: each query sees only the last `window` positions (itself included).
-    pub window: Option<usize>,
 }
 
 impl KvCache {
@@ -116,7 +104,7 @@ impl KvCache {
                         vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
                     }
                 }
-                let out = kernels::causal_attention(&q, kc, vc, shape, n, cap, positions.start);
+                let out = causal_attention(&q, kc, vc, shape, n, cap, positions.start);
                 Act::host(out, shape.heads * hd)
             }
             (LayerCache::Device { k: kc, v: vc, device }, Act::Device(q), Act::Device(k), Act::Device(v)) => {

@@ -9,15 +9,12 @@ mod act;
 mod cache;
 mod gemma3;
 mod gpt_neox;
-pub mod kernels;
 mod llama;
-mod pool;
-pub mod q8;
-pub mod quantized;
 mod rope;
 mod weights;
 
-pub use cache::{AttentionShape, KvCache};
+pub use crate::cpu::AttentionShape;
+pub use cache::KvCache;
 pub use gemma3::{Gemma3, Gemma3Config};
 pub use gpt_neox::{Gelu, GptNeox, GptNeoxConfig, QkvLayout};
 pub use llama::Llama;
@@ -25,6 +22,7 @@ pub use weights::WeightSource;
 
 use act::{Act, Vector};
 
+use crate::cpu::{dense, QuantMatrix};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
@@ -150,18 +148,18 @@ impl ModelConfig {
 }
 
 /// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
-/// multiplied by the batch-invariant kernels of [`kernels`] — in its GGUF quantization when it has
-/// one ([`quantized`]); elsewhere it is a Burn tensor.
+/// multiplied by the batch-invariant kernels of [`crate::cpu`] — in its GGUF quantization when it
+/// has one ([`QuantMatrix`]); elsewhere it is a Burn tensor.
 enum Matrix {
     Device(Tensor<2>),
     Host { data: Vec<f32>, out: usize, inp: usize },
-    Quant { w: quantized::QuantMatrix },
+    Quant { w: QuantMatrix },
 }
 
 /// A weight matrix as read from its source, before it is placed on a device.
 pub enum MatrixData {
     F32(Vec<f32>),
-    Packed(quantized::QuantMatrix),
+    Packed(QuantMatrix),
 }
 
 /// Whether weights and activations live in host memory and run on the host kernels: true for
@@ -209,7 +207,7 @@ impl Matrix {
         match (self, x) {
             (Matrix::Device(w), Act::Device(x)) => Act::Device(x.clone().matmul(w.clone().transpose())),
             (Matrix::Host { data, out, inp, .. }, Act::Host { data: xs, .. }) => {
-                Act::host(kernels::matmul_wt(xs, data, xs.len() / inp, *inp, *out), *out)
+                Act::host(dense::matmul_wt(xs, data, xs.len() / inp, *inp, *out), *out)
             }
             (Matrix::Quant { w, .. }, Act::Host { data: xs, .. }) => Act::host(w.matmul_t(xs, xs.len() / w.inp()), w.out()),
             _ => panic!("weights and activations live on different devices"),

@@ -3,7 +3,7 @@
 //! block format the kernels multiply (GGUF), everything else is dequantized to f32.
 
 use crate::error::{Error, Result};
-use super::quantized::QuantMatrix;
+use crate::cpu::{kernel_mode, KernelMode, QuantMatrix};
 use super::{MatrixData, Vector};
 use crate::gguf::Gguf;
 use burn::tensor::Device;
@@ -26,7 +26,7 @@ pub trait WeightSource {
 
 /// Packed matrices stay packed unless the kernel mode asks for f32 weights.
 fn keep_packed() -> bool {
-    super::quantized::kernel_mode() != super::quantized::KernelMode::F32
+    kernel_mode() != KernelMode::F32
 }
 
 impl WeightSource for Gguf {
