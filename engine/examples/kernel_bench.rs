@@ -1,7 +1,8 @@
 //! Micro-benchmark of the packed-weight CPU kernels on a real model's matrices: for each matrix of
-//! one block and n ∈ {1, 2, 3, 5, 9, 64} activation rows, the time of y = x·Wᵀ, the weight bytes
-//! streamed per second, and the cost relative to one row — the kernel-level verification curve.
-//! Also measures this machine's read bandwidth (the decode bound).
+//! one block and n ∈ {1, 2, 3, 5, 9, 17, 64} activation rows, the time of y = x·Wᵀ, the weight
+//! bytes streamed per second at n = 1, the multiply-adds per second at each n, and the cost
+//! relative to one row — the kernel-level verification curve. Also measures this machine's read
+//! bandwidth (the decode bound). `SPECDEC_ISA` picks the instruction set (default: the best).
 //!
 //! ```sh
 //! cargo run --release -p specdec-engine --example kernel_bench -- qwen2.5-coder-1.5b [layer] [exact|q8]
@@ -30,8 +31,8 @@ fn main() -> engine::Result<()> {
         .map(|t| format!("blk.{layer}.{t}.weight"))
         .chain(["output.weight".to_string(), "token_embd.weight".to_string()])
         .collect();
-    println!("{mode:?} kernels, {} threads", rayon::current_num_threads());
-    println!("{:<24} {:>6} {:>12} {:>9} {:>9}  cost(n)/cost(1) for n = 2 3 5 9 64", "matrix", "type", "shape", "µs(n=1)", "GB/s");
+    println!("{mode:?} kernels on {}, {} threads ({})", engine::cpu::Isa::active().name(), rayon::current_num_threads(), engine::cpu::features::cpu_model());
+    println!("{:<24} {:>6} {:>12} {:>9} {:>6}  cost(n)/cost(1) for n = 2 3 5 9 17 64 | G multiply-adds/s for n = 1 5 9 17 64", "matrix", "type", "shape", "µs(n=1)", "GB/s");
     let mut seen_embd = false;
     for name in names {
         let Some(info) = gguf.tensor_info(&name) else { continue };
@@ -41,16 +42,21 @@ fn main() -> engine::Result<()> {
         seen_embd |= name == "output.weight";
         let shape = info.shape();
         let Ok(w) = QuantMatrix::new(info.dtype, gguf.tensor_bytes_shared(info), shape[0], shape[1]) else { continue };
-        let times: Vec<f64> = [1usize, 2, 3, 5, 9, 64].iter().map(|&n| time(&w, mode, n)).collect();
+        const SIZES: [usize; 7] = [1, 2, 3, 5, 9, 17, 64];
+        let times: Vec<f64> = SIZES.iter().map(|&n| time(&w, mode, n)).collect();
         let ratios: Vec<String> = times[1..].iter().map(|t| format!("{:.2}", t / times[0])).collect();
+        let macs = (shape[0] * shape[1]) as f64;
+        let rates: Vec<String> =
+            SIZES.iter().zip(&times).filter(|(n, _)| [1, 5, 9, 17, 64].contains(*n)).map(|(&n, t)| format!("{:.0}", n as f64 * macs / t / 1e9)).collect();
         println!(
-            "{:<24} {:>6} {:>12} {:>9.1} {:>9.1}  {}",
+            "{:<24} {:>6} {:>12} {:>9.1} {:>6.1}  {} | {}",
             name,
             info.dtype.name(),
             format!("{}x{}", shape[0], shape[1]),
             times[0] * 1e6,
             w.size_bytes() as f64 / times[0] / 1e9,
-            ratios.join(" ")
+            ratios.join(" "),
+            rates.join(" ")
         );
     }
     Ok(())

@@ -8,10 +8,13 @@
 
 pub mod attention;
 pub mod dense;
+pub mod features;
 pub mod matrix;
 pub mod ops;
+pub mod packed;
 pub(crate) mod pool;
 pub mod q8;
 
 pub use attention::{causal_attention, AttentionShape};
+pub use features::Isa;
 pub use matrix::{kernel_mode, set_kernel_mode, with_kernel_mode, KernelMode, QuantMatrix};

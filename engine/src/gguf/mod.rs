@@ -13,6 +13,7 @@ mod quant;
 
 pub use fast::dequantize_fast;
 pub use quant::{dequantize, GgmlType};
+pub(crate) use quant::scale_min_k4;
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
@@ -502,6 +503,24 @@ impl Gguf {
 pub enum TensorBytes {
     Mapped { map: Arc<Mmap>, start: usize, len: usize },
     Owned(Arc<[u8]>),
+}
+
+impl TensorBytes {
+    /// Gives the pages of a mapped range back to the OS once its contents live elsewhere (weights
+    /// repacked for the kernels): the map is shared and read-only, so the next access to these
+    /// bytes reads them back from the file. Only whole 4 KiB pages inside the range are dropped.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        if let TensorBytes::Mapped { map, start, len } = self {
+            const PAGE: usize = 4096;
+            let (first, end) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+            if end > first {
+                // SAFETY: as in `Gguf::release_header_pages`: MADV_DONTNEED on a shared read-only
+                // file map only drops page-table entries.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, end - first) };
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for TensorBytes {

@@ -8,7 +8,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_matrix, load_matrix_opt, load_vector};
+use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -197,7 +197,7 @@ impl Gemma3 {
             .collect::<Result<Vec<_>>>()?;
         let output = load_matrix_opt(src, "output.weight", c.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
         Ok(Gemma3 {
-            embed: load_matrix(src, "token_embd.weight", c.vocab_size, d, device)?,
+            embed: load_embedding(src, "token_embd.weight", c.vocab_size, d, device, output.is_none())?,
             final_norm: load_vector(src, "output_norm.weight", d, device)?,
             global_rope: Rope::new(c, c.rope_theta, c.context_length, device),
             local_rope: Rope::new(c, cfg.local_rope_theta, c.context_length, device),

@@ -5,7 +5,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_matrix, load_vector};
+use super::weights::{load_embedding, load_matrix, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -177,7 +177,7 @@ impl GptNeox {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(GptNeox {
-            embed: load_matrix(src, "token_embd.weight", c.vocab_size, d, device)?,
+            embed: load_embedding(src, "token_embd.weight", c.vocab_size, d, device, false)?,
             final_norm: norm("output_norm")?,
             output: linear("output", c.vocab_size, d, false)?,
             rope: Rope::new(c, c.rope_theta, c.context_length, device),

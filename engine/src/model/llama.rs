@@ -4,7 +4,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_matrix, load_matrix_opt, load_vector};
+use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -124,7 +124,7 @@ impl Llama {
         let rope = Rope::new(&cfg, cfg.rope_theta, cfg.context_length, device);
         let tied_embeddings = output.is_none();
         Ok(Llama {
-            embed: load_matrix(src, "token_embd.weight", cfg.vocab_size, d, device)?,
+            embed: load_embedding(src, "token_embd.weight", cfg.vocab_size, d, device, tied_embeddings)?,
             final_norm: load_vector(src, "output_norm.weight", d, device)?,
             output,
             blocks,

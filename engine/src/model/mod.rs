@@ -202,6 +202,13 @@ impl Matrix {
         }
     }
 
+    /// Readies the matrix for products (repacks quantized host weights for the Q8 kernels).
+    fn prepare(&self) {
+        if let Matrix::Quant { w } = self {
+            w.prepare();
+        }
+    }
+
     /// x·Wᵀ for x: [rows, in].
     fn matmul_t(&self, x: &Act) -> Act {
         match (self, x) {

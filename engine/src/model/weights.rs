@@ -68,10 +68,24 @@ pub(crate) fn load_vector_opt(src: &dyn WeightSource, name: &str, len: usize, de
     Ok(Some(Vector::new(values, device)))
 }
 
-/// Loads a weight matrix of shape [out, inp] for the device's preferred kernels.
+/// Loads a weight matrix of shape [out, inp] for the device's preferred kernels, ready for
+/// products (on CPU devices, repacked for the Q8 kernels as part of loading).
 pub(crate) fn load_matrix(src: &dyn WeightSource, name: &str, out: usize, inp: usize, device: &Device) -> Result<super::Matrix> {
     load_matrix_opt(src, name, out, inp, device)?
         .ok_or_else(|| Error::MissingTensor { path: src.origin().to_path_buf(), tensor: name.to_string() })
+}
+
+/// Loads an embedding matrix [vocab, hidden]: ready for products too when it is `multiplied` (an
+/// LM head tied to it), else kept for row lookups only — repacking a matrix that is never
+/// multiplied would cost its size in memory for nothing.
+pub(crate) fn load_embedding(src: &dyn WeightSource, name: &str, vocab: usize, hidden: usize, device: &Device, multiplied: bool) -> Result<super::Matrix> {
+    let (data, found) = load_data(src, name)?.ok_or_else(|| Error::MissingTensor { path: src.origin().to_path_buf(), tensor: name.to_string() })?;
+    check_shape(src, name, &found, vocab, hidden)?;
+    let m = super::Matrix::new(data, vocab, hidden, device);
+    if multiplied {
+        m.prepare();
+    }
+    Ok(m)
 }
 
 pub(crate) fn load_matrix_opt(
@@ -81,15 +95,24 @@ pub(crate) fn load_matrix_opt(
     inp: usize,
     device: &Device,
 ) -> Result<Option<super::Matrix>> {
-    let (data, found) = match src.load_packed(name)? {
-        Some((w, shape)) => (MatrixData::Packed(w), shape),
-        None => match src.load_f32(name)? {
-            Some((values, shape)) => (MatrixData::F32(values), shape),
-            None => return Ok(None),
-        },
-    };
+    let Some((data, found)) = load_data(src, name)? else { return Ok(None) };
+    check_shape(src, name, &found, out, inp)?;
+    let m = super::Matrix::new(data, out, inp, device);
+    m.prepare();
+    Ok(Some(m))
+}
+
+/// A matrix as its source stores it: packed blocks where the kernels take them, else f32.
+fn load_data(src: &dyn WeightSource, name: &str) -> Result<Option<(MatrixData, Vec<usize>)>> {
+    Ok(match src.load_packed(name)? {
+        Some((w, shape)) => Some((MatrixData::Packed(w), shape)),
+        None => src.load_f32(name)?.map(|(values, shape)| (MatrixData::F32(values), shape)),
+    })
+}
+
+fn check_shape(src: &dyn WeightSource, name: &str, found: &[usize], out: usize, inp: usize) -> Result<()> {
     if found != [out, inp] {
-        return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: name.to_string(), expected: vec![out, inp], found });
+        return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: name.to_string(), expected: vec![out, inp], found: found.to_vec() });
     }
-    Ok(Some(super::Matrix::new(data, out, inp, device)))
+    Ok(())
 }
