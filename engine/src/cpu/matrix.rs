@@ -132,7 +132,9 @@ impl QuantMatrix {
         self.packed
             .get_or_init(|| {
                 let format = Format::of(self.ty)?;
-                let packed = PackedMatrix::new(format, &self.bytes, self.out, self.inp).expect("sizes were checked when the matrix was made");
+                let release = |range| self.bytes.release_range(range);
+                let packed = PackedMatrix::new(format, &self.bytes, self.out, self.inp, release).expect("sizes were checked when the matrix was made");
+                // The chunks' ranges leave their boundary pages; the whole range takes them too.
                 self.bytes.release_pages();
                 Some(packed)
             })

@@ -510,10 +510,16 @@ impl TensorBytes {
     /// repacked for the kernels): the map is shared and read-only, so the next access to these
     /// bytes reads them back from the file. Only whole 4 KiB pages inside the range are dropped.
     pub fn release_pages(&self) {
+        self.release_range(0..self.len());
+    }
+
+    /// [`release_pages`](Self::release_pages) for bytes `range` of the tensor only.
+    pub fn release_range(&self, range: std::ops::Range<usize>) {
         #[cfg(unix)]
         if let TensorBytes::Mapped { map, start, len } = self {
             const PAGE: usize = 4096;
-            let (first, end) = (start.next_multiple_of(PAGE), (start + len) / PAGE * PAGE);
+            let (from, to) = (start + range.start.min(*len), start + range.end.min(*len));
+            let (first, end) = (from.next_multiple_of(PAGE), to / PAGE * PAGE);
             if end > first {
                 // SAFETY: as in `Gguf::release_header_pages`: MADV_DONTNEED on a shared read-only
                 // file map only drops page-table entries.

@@ -62,8 +62,10 @@ fn rows_per_pass(isa: Isa) -> usize {
 
 impl PackedMatrix {
     /// Repacks a [out, inp] matrix of GGML blocks (`src`, row-major, as in a GGUF file), using the
-    /// kernel thread pool.
-    pub fn new(format: Format, src: &[u8], out: usize, inp: usize) -> Result<Self, String> {
+    /// kernel thread pool. `done(range)` is told each byte range of `src` as soon as it has been
+    /// repacked, so that a caller can give mapped pages back while the rest is still being read
+    /// (a 150 MB output layer would otherwise be resident twice).
+    pub fn new(format: Format, src: &[u8], out: usize, inp: usize, done: impl Fn(std::ops::Range<usize>) + Sync) -> Result<Self, String> {
         let ty = format.ggml();
         if inp % format.block_values() != 0 {
             return Err(format!("rows of {inp} values do not split into {} blocks of {}", ty.name(), format.block_values()));
@@ -75,10 +77,13 @@ impl PackedMatrix {
         let tile_bytes = blocks * format.tile_bytes();
         let mut data = vec![0u8; tiles * tile_bytes];
         if tile_bytes > 0 {
-            let per_chunk = tiles.div_ceil(rayon::current_num_threads() * 4).max(1);
+            // Chunks of about 1 MB of source, at least four per thread.
+            let per_chunk = tiles.div_ceil(rayon::current_num_threads() * 4).min((1 << 20) / tile_bytes).max(1);
+            let row_bytes = ty.bytes_for(inp);
             pool::for_each_chunk_mut(&mut data, per_chunk * tile_bytes, |c, part| {
-                let first = c * per_chunk;
-                layout::repack_tiles(format, src, out, inp, first..first + part.len() / tile_bytes, part);
+                let tiles = c * per_chunk..c * per_chunk + part.len() / tile_bytes;
+                layout::repack_tiles(format, src, out, inp, tiles.clone(), part);
+                done((COLS * tiles.start).min(out) * row_bytes..(COLS * tiles.end).min(out) * row_bytes);
             });
         }
         Ok(PackedMatrix { format, out, inp, tiles, blocks, data })
@@ -318,7 +323,7 @@ mod tests {
         for f in Format::ALL {
             let (out, inp, rows) = (19, 3 * f.block_values(), 3);
             let src = random_blocks(f.ggml(), out * inp, &mut rng);
-            let w = PackedMatrix::new(f, &src, out, inp).unwrap();
+            let w = PackedMatrix::new(f, &src, out, inp, |_| ()).unwrap();
             let x = activations(rows, inp, &mut rng);
             let y = w.matmul_t_on(Isa::Portable, &x, rows);
             let row_bytes = f.ggml().bytes_for(inp);
@@ -349,7 +354,7 @@ mod tests {
         for f in Format::ALL {
             let (out, inp) = (43, 2 * f.block_values());
             let src = random_blocks(f.ggml(), out * inp, &mut rng);
-            let w = PackedMatrix::new(f, &src, out, inp).unwrap();
+            let w = PackedMatrix::new(f, &src, out, inp, |_| ()).unwrap();
             let x = activations(17, inp, &mut rng);
             let reference = w.matmul_t_on(Isa::Portable, &x, 17);
             for isa in Isa::supported_all() {
@@ -382,7 +387,7 @@ mod tests {
                         block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
                     }
                 }
-                let w = PackedMatrix::new(f, &src, out, inp).unwrap();
+                let w = PackedMatrix::new(f, &src, out, inp, |_| ()).unwrap();
                 for sign in [1f32, -1.0] {
                     let x = vec![sign * 3.0; inp];
                     let reference = w.matmul_t_on(Isa::Portable, &x, 1);
