@@ -9,7 +9,7 @@
 //! ```
 
 use engine::gguf::Gguf;
-use engine::cpu::{KernelMode, QuantMatrix};
+use engine::cpu::{Isa, KernelMode, QuantMatrix};
 use std::time::Instant;
 
 fn main() -> engine::Result<()> {
@@ -20,6 +20,12 @@ fn main() -> engine::Result<()> {
         Some("exact") => KernelMode::Exact,
         _ => KernelMode::Q8,
     };
+    // Two instruction sets given (`SPECDEC_BENCH_ISAS=avx512-vnni,avx2`): each product is timed on
+    // both, alternately, and the ratio printed — a same-run comparison on a noisy machine.
+    if let Ok(pair) = std::env::var("SPECDEC_BENCH_ISAS") {
+        let isas: Vec<Isa> = pair.split(',').filter_map(Isa::from_name).collect();
+        return compare(spec, layer, &isas);
+    }
     println!("read bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (all threads)", bandwidth(1), bandwidth(rayon::current_num_threads()));
     let path = match engine::source::resolve(spec)? {
         engine::source::ModelFiles::Gguf(p) => p,
@@ -97,4 +103,40 @@ fn bandwidth(threads: usize) -> f64 {
             (buf.len() * 8) as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
+}
+
+/// Times each product on each of `isas` in turn (A B A B …) and prints the medians and ratios.
+fn compare(spec: &str, layer: usize, isas: &[Isa]) -> engine::Result<()> {
+    let path = match engine::source::resolve(spec)? {
+        engine::source::ModelFiles::Gguf(p) => p,
+        other => return Err(engine::Error::InvalidArgument(format!("{other:?} is not a GGUF file"))),
+    };
+    let gguf = Gguf::open(&path)?;
+    println!("{} threads; µs per product on {} (ratio to the first)", rayon::current_num_threads(), isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / "));
+    for t in ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_down"] {
+        let name = format!("blk.{layer}.{t}.weight");
+        let Some(info) = gguf.tensor_info(&name) else { continue };
+        let shape = info.shape();
+        let w = QuantMatrix::new(info.dtype, gguf.tensor_bytes_shared(info), shape[0], shape[1]).map_err(engine::Error::InvalidArgument)?;
+        let Some(p) = w.packed() else { continue };
+        let mut line = format!("{name:<24}");
+        for n in [1usize, 2, 5, 9, 17, 64] {
+            let x: Vec<f32> = (0..n * p.inp()).map(|i| (((i * 7919) % 2001) as f32 / 1000.0) - 1.0).collect();
+            let mut samples = vec![Vec::new(); isas.len()];
+            for _ in 0..15 {
+                for (k, &isa) in isas.iter().enumerate() {
+                    let t = Instant::now();
+                    std::hint::black_box(p.matmul_t_on(isa, &x, n));
+                    samples[k].push(t.elapsed().as_secs_f64());
+                }
+            }
+            let med: Vec<f64> = samples.iter_mut().map(|s| { s.sort_by(f64::total_cmp); s[s.len() / 2] }).collect();
+            line += &format!(" | n={n}: {:.0}µs", med[0] * 1e6);
+            for m in &med[1..] {
+                line += &format!(" {:.2}×", m / med[0]);
+            }
+        }
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -125,6 +125,11 @@ impl QuantMatrix {
         self.tiles(self.mode);
     }
 
+    /// The column tiles (made now if they were not yet), when the format has a layout.
+    pub fn packed(&self) -> Option<&PackedMatrix> {
+        self.tiles(KernelMode::Q8)
+    }
+
     fn tiles(&self, mode: KernelMode) -> Option<&PackedMatrix> {
         if mode != KernelMode::Q8 {
             return None;

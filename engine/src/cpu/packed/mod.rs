@@ -49,14 +49,17 @@ const CHUNKS_PER_THREAD: usize = 2;
 /// group is read from memory once and stays in L1/L2 for the other passes.
 const TILE_GROUP_BYTES: usize = 32 << 10;
 
-/// Rows multiplied in one pass over a tile: enough to amortise unpacking, few enough that every
-/// row's accumulators stay in registers (16 on AVX2, 32 with AVX-512). A fixed split of the rows
-/// into passes never changes a row's result.
-fn rows_per_pass(isa: Isa) -> usize {
+/// How many passes over each tile `rows` activation rows take. Rows in one pass share each
+/// unpacked weight block, so fewer passes mean less unpacking; but each row holds accumulators in
+/// registers (16 on AVX2, 32 with AVX-512), and beyond that they spill. Measured on a Sapphire
+/// Rapids core: AVX2 and 256-bit VNNI are fastest with up to 8 rows a pass; 512-bit VNNI with up
+/// to 16 for a verification (n ≤ 16), and passes of 8 for longer prefills. The split never
+/// changes a row's result.
+fn passes(isa: Isa, rows: usize) -> usize {
     match isa {
-        Isa::Portable => 1,
-        Isa::Avx2 | Isa::AvxVnni => 4,
-        Isa::Avx512Vnni => 8,
+        Isa::Portable => rows,
+        Isa::Avx512Vnni if rows <= 16 => 1,
+        _ => rows.div_ceil(8),
     }
 }
 
@@ -168,9 +171,9 @@ impl PackedMatrix {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            let pass = rows_per_pass(isa);
-            let group = if qx.len() <= pass { tiles.len() } else { (TILE_GROUP_BYTES / tile_bytes.max(1)).max(1) };
-            let passes = qx.len().div_ceil(pass);
+            let passes = passes(isa, qx.len());
+            // An even number of tiles, so that 512-bit registers always find pairs.
+            let group = if passes == 1 { tiles.len() } else { (TILE_GROUP_BYTES / tile_bytes.max(1)).max(2) / 2 * 2 };
             let mut start = tiles.start;
             while start < tiles.end {
                 let end = (start + group).min(tiles.end);
@@ -205,12 +208,14 @@ trait RowView: Sync {
         Self: Sized;
 }
 
-/// [`x86::Kernel`] `K` on `isa` for `x.len()` (1 ..= 8) rows, as const generics need.
+/// [`x86::Kernel`] `K` on `isa` for `x.len()` rows (1 ..= 8, or 16 with AVX-512), as const
+/// generics need.
 ///
 /// # Safety
 /// As [`x86::run_avx2`]; `y` has a pointer per row.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_rows<K: x86::Kernel>(isa: Isa, w: *const u8, tiles: usize, blocks: usize, x: &[K::Row], y: &[*mut f32], last: usize) {
+    /// Up to 8 rows, on every instruction set.
     unsafe fn fixed<K: x86::Kernel, const R: usize>(isa: Isa, w: *const u8, tiles: usize, blocks: usize, x: &[K::Row], y: &[*mut f32], last: usize) {
         let x: [K::Row; R] = std::array::from_fn(|i| x[i]);
         let y: [*mut f32; R] = std::array::from_fn(|i| y[i]);
@@ -224,6 +229,14 @@ unsafe fn run_rows<K: x86::Kernel>(isa: Isa, w: *const u8, tiles: usize, blocks:
             }
         }
     }
+    /// 9 ..= 16 rows: only AVX-512 has the registers for them.
+    unsafe fn wide<K: x86::Kernel, const R: usize>(isa: Isa, w: *const u8, tiles: usize, blocks: usize, x: &[K::Row], y: &[*mut f32], last: usize) {
+        assert_eq!(isa, Isa::Avx512Vnni, "{R} rows in one pass need AVX-512");
+        let x: [K::Row; R] = std::array::from_fn(|i| x[i]);
+        let y: [*mut f32; R] = std::array::from_fn(|i| y[i]);
+        // SAFETY: forwarded from the caller, who checked the CPU's support for `isa`.
+        unsafe { x86::run_avx512_vnni::<K, R>(w, tiles, blocks, &x, &y, last) }
+    }
     // SAFETY: forwarded.
     unsafe {
         match x.len() {
@@ -235,6 +248,14 @@ unsafe fn run_rows<K: x86::Kernel>(isa: Isa, w: *const u8, tiles: usize, blocks:
             6 => fixed::<K, 6>(isa, w, tiles, blocks, x, y, last),
             7 => fixed::<K, 7>(isa, w, tiles, blocks, x, y, last),
             8 => fixed::<K, 8>(isa, w, tiles, blocks, x, y, last),
+            9 => wide::<K, 9>(isa, w, tiles, blocks, x, y, last),
+            10 => wide::<K, 10>(isa, w, tiles, blocks, x, y, last),
+            11 => wide::<K, 11>(isa, w, tiles, blocks, x, y, last),
+            12 => wide::<K, 12>(isa, w, tiles, blocks, x, y, last),
+            13 => wide::<K, 13>(isa, w, tiles, blocks, x, y, last),
+            14 => wide::<K, 14>(isa, w, tiles, blocks, x, y, last),
+            15 => wide::<K, 15>(isa, w, tiles, blocks, x, y, last),
+            16 => wide::<K, 16>(isa, w, tiles, blocks, x, y, last),
             n => unreachable!("{n} rows in one pass"),
         }
     }
