@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// Forward sizes of the verification curve: k + 1 for k = 0, 1, 2, 4, 8.
-pub const VERIFY_SIZES: [usize; 5] = [1, 2, 3, 5, 9];
+/// Forward sizes of the verification curve: k + 1 for k = 0, 1, 2, 4, 8, 16.
+pub const VERIFY_SIZES: [usize; 6] = [1, 2, 3, 5, 9, 17];
 
 #[derive(Debug, serde::Serialize)]
 pub struct BenchReport {
@@ -20,6 +20,8 @@ pub struct BenchReport {
     pub decode_tok_s_runs: Vec<f64>,
     /// Forward time over n tokens ÷ one-token decode step, for n in [`VERIFY_SIZES`].
     pub verify_cost: Vec<(usize, f64)>,
+    /// Seconds of one forward over n tokens (all logit rows), for n in [`VERIFY_SIZES`].
+    pub forward_s: Vec<(usize, f64)>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -63,7 +65,7 @@ pub fn run(model: &dyn CausalLm, prompt: &[u32], gen: usize, repeats: usize) -> 
     let mut cache = model.new_cache(capacity)?;
     model.forward(prompt, &mut cache, LogitRows::Last)?;
     let base = cache.len();
-    let tokens: Vec<u32> = prompt.iter().rev().take(VERIFY_SIZES[4]).copied().collect();
+    let tokens: Vec<u32> = prompt.iter().rev().take(VERIFY_SIZES[VERIFY_SIZES.len() - 1]).copied().collect();
     let mut times = Vec::new();
     for &n in &VERIFY_SIZES {
         let mut runs = Vec::new();
@@ -82,6 +84,7 @@ pub fn run(model: &dyn CausalLm, prompt: &[u32], gen: usize, repeats: usize) -> 
         decode_tok_s: median(&decode_runs),
         decode_tok_s_runs: decode_runs,
         verify_cost: times.iter().map(|&(n, t)| (n, t / one)).collect(),
+        forward_s: times,
     })
 }
 

@@ -11,6 +11,7 @@ mod proposers;
 mod quality;
 mod records;
 mod report;
+mod roofline;
 mod runner;
 mod summary;
 
@@ -522,6 +523,13 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     }
     prompt.truncate(args.prompt_tokens);
     let report = bench::run(loaded.model.as_ref(), &prompt, args.gen_tokens, args.repeats)?;
+    // Read before the roofline's buffer is allocated.
+    let peak_rss = backend::peak_rss_bytes();
+    let roofs = roofline::measure(threads);
+    let work = match &files {
+        engine::source::ModelFiles::Gguf(path) => Some(roofline::matrix_work(&engine::gguf::Gguf::open(path)?)),
+        _ => None,
+    };
     let llama = match (&args.compare_llama_cpp, &files) {
         (Some(dir), engine::source::ModelFiles::Gguf(path)) => {
             let sizes: Vec<usize> = report.verify_cost.iter().map(|&(n, _)| n).collect();
@@ -545,8 +553,27 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "decode_tok_s": report.decode_tok_s,
         "decode_tok_s_runs": report.decode_tok_s_runs,
         "verify_cost": report.verify_cost.iter().map(|(n, c)| (n.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
-        "peak_rss_bytes": backend::peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss,
         "file_bytes": loaded.file_bytes,
+        "cpu": engine::cpu::features::cpu_model(),
+        "cpu_features": engine::cpu::features::cpu_features(),
+        "isa": engine::cpu::Isa::active().name(),
+        "roofline": {
+            "int8_peak_gmacs": roofs.int8_peak_gmacs,
+            "read_gb_s": roofs.read_gb_s,
+            "read_buffer_bytes": roofs.read_buffer_bytes,
+            "matrix_macs_per_token": work.map(|w| w.0),
+            "matrix_bytes": work.map(|w| w.1),
+            "forwards": report.forward_s.iter().map(|&(n, t)| {
+                let (macs, bytes) = work.unwrap_or((f64::NAN, f64::NAN));
+                let gmacs = n as f64 * macs / t / 1e9;
+                let gb_s = bytes / t / 1e9;
+                serde_json::json!({
+                    "n": n, "forward_s": t, "gmacs": gmacs, "of_int8_peak": gmacs / roofs.int8_peak_gmacs,
+                    "weight_gb_s": gb_s, "of_read_bandwidth": gb_s / roofs.read_gb_s,
+                })
+            }).collect::<Vec<_>>(),
+        },
         "llama_cpp": llama.as_ref().map(|l| serde_json::json!({
             "prefill_tok_s": l.prefill_tok_s, "decode_tok_s": l.decode_tok_s,
             "prefill_ratio": report.prefill_tok_s / l.prefill_tok_s, "decode_ratio": report.decode_tok_s / l.decode_tok_s,
@@ -561,12 +588,41 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
             let hi = v.iter().copied().fold(0.0, f64::max);
             format!("{lo:.1}–{hi:.1}")
         };
-        println!("{} · {} threads · {} · {} kernels", args.model, threads, args.runtime.backend, json["kernels"].as_str().unwrap_or("?"));
+        println!(
+            "{} · {} threads · {} · {} kernels on {} ({})",
+            args.model,
+            threads,
+            args.runtime.backend,
+            json["kernels"].as_str().unwrap_or("?"),
+            json["isa"].as_str().unwrap_or("?"),
+            json["cpu"].as_str().unwrap_or("?")
+        );
         println!("load        {load_s:.2} s, peak RSS {:.0} MB (file {:.0} MB)", json["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6, loaded.file_bytes as f64 / 1e6);
         println!("prefill     {:.1} tok/s (median of {}, range {}) for {} tokens", report.prefill_tok_s, args.repeats, spread(&report.prefill_tok_s_runs), args.prompt_tokens);
         println!("decode      {:.1} tok/s (median of {}, range {}) for {} tokens", report.decode_tok_s, args.repeats, spread(&report.decode_tok_s_runs), args.gen_tokens);
         let curve: Vec<String> = report.verify_cost.iter().map(|(n, c)| format!("{n}: {c:.2}")).collect();
         println!("verify cost forward(n) / forward(1): {}", curve.join(", "));
+        println!(
+            "roofline    {:.0} G int8 multiply-adds/s ({}, {} threads, register-only), {:.1} GB/s streaming read ({} MB)",
+            roofs.int8_peak_gmacs,
+            roofs.isa,
+            threads,
+            roofs.read_gb_s,
+            roofs.read_buffer_bytes >> 20
+        );
+        if work.is_some() {
+            for f in json["roofline"]["forwards"].as_array().into_iter().flatten() {
+                println!(
+                    "  n = {:>2}: {:>7.1} ms, {:>5.0} G multiply-adds/s ({:>3.0}% of peak), weights at {:>5.1} GB/s ({:>3.0}% of read)",
+                    f["n"].as_u64().unwrap_or(0),
+                    f["forward_s"].as_f64().unwrap_or(0.0) * 1e3,
+                    f["gmacs"].as_f64().unwrap_or(0.0),
+                    100.0 * f["of_int8_peak"].as_f64().unwrap_or(0.0),
+                    f["weight_gb_s"].as_f64().unwrap_or(0.0),
+                    100.0 * f["of_read_bandwidth"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
         if let Some(l) = &json["llama_cpp"].as_object() {
             println!(
                 "llama.cpp   prefill {:.1} tok/s, decode {:.1} tok/s → ours / llama.cpp: prefill {:.2}×, decode {:.2}×",
