@@ -2,7 +2,7 @@
 //! each query's scores, softmax and weighted sum use one fixed order whatever the number of
 //! queries computed together.
 
-use super::dense::{dot, PARALLEL_MIN_WORK};
+use super::dense::{axpy, dot, PARALLEL_MIN_WORK};
 use super::pool;
 
 /// The shape of one attention layer.
@@ -52,10 +52,8 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape,
             let inv = 1.0 / sum;
             let o = &mut out[i * d..(i + 1) * d];
             for (t, &s) in visible.iter().enumerate() {
-                let (w, pos) = (s * inv, first + t);
-                for (oj, vj) in o.iter_mut().zip(&values[pos * d..(pos + 1) * d]) {
-                    *oj += w * vj;
-                }
+                let pos = first + t;
+                axpy(o, s * inv, &values[pos * d..(pos + 1) * d]);
             }
         }
         out

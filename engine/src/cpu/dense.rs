@@ -36,7 +36,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     {
         if has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { dot4_avx2(a, [b, b, b, b])[0] };
+            return unsafe { dot_avx2(a, [b])[0] };
         }
     }
     dot_portable(a, b)
@@ -49,7 +49,7 @@ pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
     {
         if has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            return unsafe { dot4_avx2(x, w) };
+            return unsafe { dot_avx2(x, w) };
         }
     }
     w.map(|wr| dot_portable(x, wr))
@@ -92,9 +92,10 @@ fn reduce8(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
+/// `x` times each of N rows, every row in the same order whatever N is.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot_avx2<const N: usize>(x: &[f32], w: [&[f32]; N]) -> [f32; N] {
     use std::arch::x86_64::*;
     let len = x.len();
     let (n16, n8) = (len / 16 * 16, len / 8 * 8);
@@ -103,12 +104,12 @@ unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
         assert_eq!(r.len(), len);
         r.as_ptr()
     });
-    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
     let mut i = 0;
     // SAFETY (every load): i + 16 <= n16 or i + 8 <= n8, both <= len of every slice.
     while i < n16 {
         let (x0, x1) = unsafe { (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8))) };
-        for r in 0..4 {
+        for r in 0..N {
             unsafe {
                 acc[r][0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pw[r].add(i)), acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pw[r].add(i + 8)), acc[r][1]);
@@ -118,7 +119,7 @@ unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
     }
     while i < n8 {
         let x0 = unsafe { _mm256_loadu_ps(px.add(i)) };
-        for r in 0..4 {
+        for r in 0..N {
             acc[r][0] = unsafe { _mm256_fmadd_ps(x0, _mm256_loadu_ps(pw[r].add(i)), acc[r][0]) };
         }
         i += 8;
@@ -130,6 +131,38 @@ unsafe fn dot4_avx2(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
         let tail: f32 = (n8..len).fold(0.0, |t, j| t + x[j] * w[r][j]);
         reduce8(lanes) + tail
     })
+}
+
+/// y += a·x, element by element (a multiply, then an add: the same rounding on every path).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 (checked at run time); the lengths are equal.
+            return unsafe { axpy_avx2(y, a, x) };
+        }
+    }
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    use std::arch::x86_64::*;
+    let n8 = y.len() / 8 * 8;
+    let av = _mm256_set1_ps(a);
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 <= n8 <= len of both slices.
+        unsafe {
+            let v = _mm256_add_ps(_mm256_loadu_ps(y.as_ptr().add(i)), _mm256_mul_ps(av, _mm256_loadu_ps(x.as_ptr().add(i))));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), v);
+        }
+    }
+    for i in n8..y.len() {
+        y[i] += a * x[i];
+    }
 }
 
 /// y = x·Wᵀ for x: [rows, inp] and W: [out, inp] (row-major), into y: [rows, out].
