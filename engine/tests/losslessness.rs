@@ -8,7 +8,8 @@ mod common;
 use common::{toy_target as target, Markov};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::{warp, Probs, SamplingParams};
-use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, VerifyMode};
+use engine::speculative::faults::{with_fault, Fault};
+use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, Verification, VerifyMode};
 
 /// χ² goodness of fit (`engine::stats`): (statistic, p-value).
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
@@ -19,13 +20,16 @@ fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
 const DRAWS: u64 = 100_000;
 const MIN_P: f64 = 0.001;
 
-/// Generates `len` tokens after `start` DRAWS times and tests the sequence distribution.
-fn sequence_test(target: &Markov, draft: &Markov, k: usize, params: SamplingParams, len: usize) -> f64 {
-    general_sequence_test(target, &[0], || Box::new(DraftModel::new(draft, 64).unwrap()), Schedule::Fixed { k }, params, len)
+/// Drafts k tokens per round with a draft model and tests the last `window` of k + 4 generated
+/// tokens: long enough that full rounds of k drafts happen after the first token (which the
+/// target samples at prefill).
+fn sequence_test(target: &Markov, draft: &Markov, k: usize, params: SamplingParams, window: usize) -> f64 {
+    general_sequence_test(target, &[0], || Box::new(DraftModel::new(draft, 64).unwrap()), Schedule::Fixed { k }, params, k + 4, window)
 }
 
 /// The same test for any proposer and schedule, after any prompt (the target is Markov: only the
-/// prompt's last token matters for the expected distribution).
+/// prompt's last token matters for the expected distribution), on the last `window` of `len`
+/// generated tokens.
 fn general_sequence_test<'a>(
     target: &Markov,
     prompt: &[u32],
@@ -33,16 +37,43 @@ fn general_sequence_test<'a>(
     schedule: Schedule,
     params: SamplingParams,
     len: usize,
+    window: usize,
+) -> f64 {
+    window_test(target, prompt, proposer, schedule, Verification::Token, params, len, window)
+}
+
+/// Generates `len` tokens DRAWS times and tests the distribution of the last `window` of them
+/// against the target's (a window keeps the χ² cells few while the generation is long enough
+/// for k drafted tokens after the first, prefill-sampled one).
+#[allow(clippy::too_many_arguments)]
+fn window_test<'a>(
+    target: &Markov,
+    prompt: &[u32],
+    proposer: impl Fn() -> Box<dyn Proposer + 'a>,
+    schedule: Schedule,
+    verification: Verification,
+    params: SamplingParams,
+    len: usize,
+    window: usize,
 ) -> f64 {
     let v = target.table.len();
     let start = *prompt.last().unwrap();
-    // Exact target sequence probabilities under the warping.
+    // Exact target probabilities under the warping: the marginal of the window's first token
+    // (the chain run len − window steps from the prompt), then the chain.
     let rows: Vec<Probs> = target.table.iter().map(|r| warp(r, &params)).collect();
-    let cells = v.pow(len as u32);
+    let mut marginal = vec![0.0; v];
+    marginal[start as usize] = 1.0;
+    for _ in 0..=len - window {
+        marginal = (0..v).map(|x| (0..v).map(|y| marginal[y] * rows[y].get(x as u32) as f64).sum()).collect();
+    }
+    let cells = v.pow(window as u32);
     let mut expected = vec![0.0; cells];
     for (c, e) in expected.iter_mut().enumerate() {
-        let (mut prev, mut prob, mut rest) = (start as usize, 1.0, c);
-        for _ in 0..len {
+        let mut rest = c;
+        let first = rest % v;
+        rest /= v;
+        let (mut prev, mut prob) = (first, marginal[first]);
+        for _ in 1..window {
             let tok = rest % v;
             rest /= v;
             prob *= rows[prev].get(tok as u32) as f64;
@@ -54,15 +85,16 @@ fn general_sequence_test<'a>(
     let cfg = |seed| SpecConfig {
         generation: GenerationConfig { max_new_tokens: len, sampling: params, seed, stop_at_eos: false },
         schedule,
+        verification,
     };
     for seed in 0..DRAWS {
         let mut proposer = proposer();
         let out = generate_speculative(target, proposer.as_mut(), prompt, &[], &cfg(seed), |_| {}).unwrap();
-        let cell = out.generation.tokens.iter().rev().fold(0, |acc, &t| acc * v + t as usize);
+        let cell = out.generation.tokens[len - window..].iter().rev().fold(0, |acc, &t| acc * v + t as usize);
         counts[cell] += 1;
     }
     let (stat, p) = chi_square_p_value(&counts, &expected);
-    eprintln!("{schedule:?} {params:?} len={len}: χ² = {stat:.1}, p = {p:.4}");
+    eprintln!("{schedule:?} {verification} {params:?} len={len} window={window}: χ² = {stat:.1}, p = {p:.4}");
     p
 }
 
@@ -80,6 +112,8 @@ fn speculative_sequences_follow_the_target_distribution() {
     ]);
     assert!(sequence_test(&t, &close, 2, SamplingParams::with_temperature(1.0), 3) > MIN_P);
     assert!(sequence_test(&t, &close, 4, SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 }, 3) > MIN_P);
+    // The first three tokens too: the prefill's sample and the first round's.
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&close, 64).unwrap()), Schedule::Fixed { k: 2 }, SamplingParams::with_temperature(1.0), 3, 3) > MIN_P);
 }
 
 #[test]
@@ -244,7 +278,7 @@ fn deterministic_ngram_proposals_stay_lossless() {
     let t = target();
     let prompt = [0, 1, 3, 4, 0, 1, 3, 4, 0, 1, 3, 4, 0];
     let p = general_sequence_test(&t, &prompt, || Box::new(NGram::new(3, 1).unwrap()), Schedule::Fixed { k: 3 },
-        SamplingParams::with_temperature(1.0), 3);
+        SamplingParams::with_temperature(1.0), 7, 3);
     assert!(p > MIN_P);
 }
 
@@ -253,13 +287,13 @@ fn adaptive_schedules_and_confidence_stops_stay_lossless() {
     let t = target();
     let d = close_draft();
     let params = SamplingParams::with_temperature(1.0);
-    // Five tokens leave room for the schedules to change k between iterations.
+    // Twelve tokens leave room for the schedules to change k between rounds.
     let heuristic = Schedule::Heuristic { initial: 1, min: 1, max: 6 };
-    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), heuristic, params, 5) > MIN_P);
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), heuristic, params, 12, 3) > MIN_P);
     let optimal = Schedule::Optimal { max: 6, c: 0.2 };
-    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), optimal, params, 5) > MIN_P);
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), optimal, params, 12, 3) > MIN_P);
     let confident = || Box::new(DraftModel::new(&d, 64).unwrap().with_confidence_stop(0.35)) as Box<dyn Proposer>;
-    assert!(general_sequence_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 4) > MIN_P);
+    assert!(general_sequence_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 8, 3) > MIN_P);
 }
 
 #[test]
@@ -281,7 +315,7 @@ fn greedy_equality_holds_for_every_proposer_and_schedule() {
             Box::new(NGram::new(2, 1).unwrap()),
         ];
         for (i, mut proposer) in proposers.into_iter().enumerate() {
-            let out = generate_speculative(&t, proposer.as_mut(), &prompt, &[], &SpecConfig { generation: gen.clone(), schedule }, |_| {}).unwrap();
+            let out = generate_speculative(&t, proposer.as_mut(), &prompt, &[], &SpecConfig { generation: gen.clone(), schedule, verification: Default::default() }, |_| {}).unwrap();
             assert_eq!(out.generation.tokens, want, "{schedule:?}, proposer {i}");
         }
     }
@@ -300,4 +334,63 @@ fn a_draft_with_another_vocabulary_is_a_typed_error_not_a_panic() {
         assert!(matches!(err, engine::Error::VocabMismatch { .. }), "{err}");
         assert!(err.to_string().contains("vocabulary"), "{err}");
     }
+}
+
+#[test]
+fn block_verification_is_lossless_and_its_broken_twin_is_caught() {
+    let t = target();
+    let skewed = Markov::from_probs(&[
+        &[0.90, 0.01, 0.01, 0.01, 0.07],
+        &[0.01, 0.90, 0.01, 0.07, 0.01],
+        &[0.01, 0.01, 0.01, 0.07, 0.90],
+        &[0.90, 0.07, 0.01, 0.01, 0.01],
+        &[0.01, 0.90, 0.07, 0.01, 0.01],
+    ]);
+    // Seven tokens: after the first (sampled at prefill) the rounds draft up to k = 3; the χ²
+    // cells are the last three.
+    let block = |d: &Markov, k: usize, params: SamplingParams| {
+        window_test(&t, &[0], || Box::new(DraftModel::new(d, 64).unwrap()), Schedule::Fixed { k }, Verification::Block, params, 7, 3)
+    };
+    let close = close_draft();
+    assert!(block(&close, 3, SamplingParams::with_temperature(1.0)) > MIN_P);
+    assert!(block(&skewed, 2, SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 }) > MIN_P);
+    // Deterministic proposals, judged as a block with one-hot rows.
+    let prompt = [0, 1, 3, 4, 0, 1, 3, 4, 0, 1, 3, 4, 0];
+    let ngram = window_test(&t, &prompt, || Box::new(NGram::new(3, 1).unwrap()), Schedule::Fixed { k: 3 }, Verification::Block, SamplingParams::with_temperature(1.0), 7, 3);
+    assert!(ngram > MIN_P);
+    // The same test rejects block verification whose correction forgets the block's weight. (A
+    // draft found by searching for where that bug shows most: 5% total variation on two tokens.)
+    let revealing = Markov::from_probs(&[
+        &[0.05, 0.93, 0.00, 0.00, 0.02],
+        &[0.12, 0.37, 0.00, 0.41, 0.10],
+        &[0.03, 0.28, 0.42, 0.14, 0.13],
+        &[0.26, 0.28, 0.01, 0.13, 0.32],
+        &[0.26, 0.01, 0.31, 0.15, 0.27],
+    ]);
+    assert!(block(&revealing, 3, SamplingParams::with_temperature(1.0)) > MIN_P);
+    let broken = with_fault(Fault::BlockWithoutWeight, || block(&revealing, 3, SamplingParams::with_temperature(1.0)));
+    assert!(broken < MIN_P, "block verification without the weight passed (p = {broken}): the test has no power");
+}
+
+#[test]
+fn block_verification_accepts_at_least_as_many_tokens() {
+    // Same seeds, same drafts' distributions: τ under block verification is not below τ under
+    // token verification (in expectation; 4000 generations make the comparison firm).
+    let t = target();
+    let d = close_draft();
+    let tau = |verification| {
+        let (mut emitted, mut iterations) = (0u64, 0u64);
+        for seed in 0..4000 {
+            let gen = GenerationConfig { max_new_tokens: 24, stop_at_eos: false, sampling: SamplingParams::with_temperature(1.0), seed };
+            let cfg = SpecConfig::fixed(gen, 4).with_verification(verification);
+            let mut proposer = DraftModel::new(&d, 64).unwrap();
+            let m = generate_speculative(&t, &mut proposer, &[0], &[], &cfg, |_| {}).unwrap().metrics;
+            emitted += m.emitted;
+            iterations += m.iterations;
+        }
+        emitted as f64 / iterations as f64
+    };
+    let (token, block) = (tau(Verification::Token), tau(Verification::Block));
+    eprintln!("τ token {token:.4}, block {block:.4}");
+    assert!(block > token, "block verification emitted {block} tokens per round, token verification {token}");
 }

@@ -70,7 +70,7 @@ impl SpeculationArgs {
             Some(kind) => self.spec(kind).schedule(self.k),
             None => engine::speculative::Schedule::Fixed { k: self.k },
         };
-        Ok(SpecConfig { generation, schedule })
+        Ok(SpecConfig { generation, schedule, verification: Default::default() })
     }
 }
 

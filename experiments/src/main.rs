@@ -350,7 +350,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         anyhow::bail!("--baseline compares against speculative decoding: give --draft or --proposer ngram");
     }
     let proposer_spec = speculative.map(|kind| args.proposer_spec(kind));
-    let spec = SpecConfig { generation: cfg.clone(), schedule: proposer_spec.map_or(engine::speculative::Schedule::Fixed { k: args.k }, |p| p.schedule(args.k)) };
+    let spec = SpecConfig { generation: cfg.clone(), schedule: proposer_spec.map_or(engine::speculative::Schedule::Fixed { k: args.k }, |p| p.schedule(args.k)), verification: Default::default() };
     let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
     let early = match (speculative, args.draft_layers) {
         (Some(ProposerKind::LayerSkip), Some(layers)) => Some(engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?),

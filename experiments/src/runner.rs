@@ -499,7 +499,7 @@ fn run_job<'m>(
             };
             let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
             let mut proposer = spec.build(draft, capacity)?;
-            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k) };
+            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k), verification: Default::default() };
             let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
             let draft_label = pair.draft_model_label().unwrap_or_default();
             (out.generation, out.metrics, pair.label(), draft_label, proposer_name, pair.schedule.to_string(), params)

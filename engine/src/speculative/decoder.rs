@@ -16,17 +16,66 @@ use crate::model::{CausalLm, KvCache, LogitRows};
 use crate::sampling::{warp, Logits, Probs, Sampler, SamplingParams};
 use std::time::Instant;
 
-/// Speculative generation settings: the target-only settings plus the draft-length schedule.
+/// Speculative generation settings: the target-only settings, the draft-length schedule and how
+/// sampled drafts are verified.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SpecConfig {
     pub generation: GenerationConfig,
     pub schedule: Schedule,
+    #[serde(default)]
+    pub verification: Verification,
 }
 
 impl SpecConfig {
-    /// A fixed draft length k.
+    /// A fixed draft length k, verified token by token.
     pub fn fixed(generation: GenerationConfig, k: usize) -> Self {
-        SpecConfig { generation, schedule: Schedule::Fixed { k } }
+        SpecConfig { generation, schedule: Schedule::Fixed { k }, verification: Verification::Token }
+    }
+
+    /// The same settings with another verification.
+    pub fn with_verification(mut self, verification: Verification) -> Self {
+        self.verification = verification;
+        self
+    }
+
+    fn mode(&self) -> VerifyMode {
+        match (self.generation.sampling.is_greedy(), self.verification) {
+            (true, _) => VerifyMode::Greedy,
+            (false, Verification::Token) => VerifyMode::Sample,
+            (false, Verification::Block) => VerifyMode::Block,
+        }
+    }
+}
+
+/// How sampled drafts are judged (greedy decoding has one rule: accept while the draft is the
+/// target's argmax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// Token by token (Leviathan et al.).
+    #[default]
+    Token,
+    /// The whole block jointly (Sun et al.): never fewer tokens in expectation.
+    Block,
+}
+
+impl std::str::FromStr for Verification {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "token" => Ok(Verification::Token),
+            "block" => Ok(Verification::Block),
+            other => Err(format!("verification must be \"token\" or \"block\", got {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verification::Token => "token",
+            Verification::Block => "block",
+        })
     }
 }
 
@@ -182,7 +231,7 @@ pub fn continue_speculative(
     check_request(context, gen, cache.capacity())?;
     cache.truncate(context.len() - 1);
     let fed = context.len() - cache.len();
-    let mode = if gen.sampling.is_greedy() { VerifyMode::Greedy } else { VerifyMode::Sample };
+    let mode = cfg.mode();
     let mut scheduler = Scheduler::new(cfg.schedule);
     let max_k = scheduler.max_k();
     let mut metrics = SpecMetrics {
@@ -239,7 +288,7 @@ pub fn continue_speculative(
         let n = drafted.len();
         let uniforms: Vec<f64> = match mode {
             VerifyMode::Greedy => vec![0.0; n + 1],
-            VerifyMode::Sample => (0..=n).map(|_| sampler.uniform()).collect(),
+            VerifyMode::Sample | VerifyMode::Block => (0..=n).map(|_| sampler.uniform()).collect(),
         };
         let q = proposal.probs.as_ref().map(|q| &q[..n]);
         let verdict = verify(&p, q, drafted, &uniforms, mode);
@@ -306,10 +355,10 @@ fn masked_rows(logits: &Logits, drafted: &[u32], c: &mut Constrained, params: &S
 fn acceptance_probability(p: &Probs, q: Option<&Probs>, drafted: u32, mode: VerifyMode) -> f64 {
     match (mode, q) {
         (VerifyMode::Greedy, _) => f64::from(u8::from(crate::sampling::argmax(p.as_slice()) == drafted)),
-        (VerifyMode::Sample, Some(q)) => {
+        (VerifyMode::Sample | VerifyMode::Block, Some(q)) => {
             p.as_slice().iter().zip(q.as_slice()).map(|(&a, &b)| a.min(b) as f64).sum::<f64>().min(1.0)
         }
-        (VerifyMode::Sample, None) => p.get(drafted) as f64,
+        (VerifyMode::Sample | VerifyMode::Block, None) => p.get(drafted) as f64,
     }
 }
 

@@ -30,6 +30,7 @@
 
 mod cross_vocab;
 mod decoder;
+pub mod faults;
 mod ngram;
 mod proposer;
 mod schedule;
@@ -40,7 +41,7 @@ pub use cross_vocab::{
     ExtendedIds, PairMode, ProposalOutcome, ProposalRules, TextBridge, TextCodec, TextProposal, Trailing, VocabComparison,
     VocabRelation,
 };
-pub use decoder::{continue_speculative, generate_speculative, generate_speculative_constrained, SpecConfig, SpecGeneration, SpecMetrics};
+pub use decoder::{continue_speculative, generate_speculative, generate_speculative_constrained, SpecConfig, SpecGeneration, SpecMetrics, Verification};
 pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};
 pub use schedule::{expected_tokens, optimal_k, predicted_speedup, Schedule, Scheduler};

@@ -6,7 +6,15 @@
 //! dᵢ with probability min(1, pᵢ(dᵢ)/qᵢ(dᵢ)); at the first rejection emit a token from
 //! norm(max(0, pᵢ − qᵢ)); if all k are accepted emit a bonus token from p_{k+1}. The emitted tokens
 //! are then distributed exactly as sampling from p alone.
+//!
+//! Block mode (Sun et al., "Block Verification Accelerates Speculative Decoding", ICLR 2025) judges
+//! the drafted block jointly: a weight wᵢ = min(1, wᵢ₋₁·pᵢ(dᵢ)/qᵢ(dᵢ)) (w₀ = 1) carries the
+//! evidence of the whole prefix, the block is cut after the *last* position whose test passes,
+//! and the emitted token comes from norm(max(0, w_τ·p_{τ+1} − q_{τ+1})). It is as lossless as
+//! token verification and never accepts fewer tokens in expectation (a later position can vouch
+//! for an earlier one that token verification would have rejected).
 
+use super::faults::{active, Fault};
 use crate::sampling::{argmax, Probs};
 
 /// How drafted tokens are judged.
@@ -18,6 +26,9 @@ pub enum VerifyMode {
     Greedy,
     /// Rejection sampling (lossless for any temperature/top-k/top-p, applied to both p and q).
     Sample,
+    /// Rejection sampling of the whole block at once (module docs): the same output
+    /// distribution, at least as many accepted tokens in expectation.
+    Block,
 }
 
 /// Where the token emitted after the accepted prefix came from.
@@ -54,6 +65,12 @@ pub fn verify(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f64
     if let Some(q) = q {
         assert_eq!(q.len(), k, "verify needs k draft rows");
     }
+    if mode == VerifyMode::Block {
+        // A token q could not have drawn (q(d) = 0) marks a proposal the block test's weights do
+        // not describe; token verification treats it as deterministic, which stays lossless.
+        let drawable = q.is_none_or(|q| drafted.iter().zip(q).all(|(&d, row)| row.get(d) > 0.0));
+        return if drawable { verify_block(p, q, drafted, uniforms) } else { verify(p, q, drafted, uniforms, VerifyMode::Sample) };
+    }
     for (i, &d) in drafted.iter().enumerate() {
         let p_row = p[i].as_slice();
         match mode {
@@ -63,7 +80,7 @@ pub fn verify(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f64
                     return Verdict { accepted: i, next: best, kind: NextKind::Recovered };
                 }
             }
-            VerifyMode::Sample => {
+            VerifyMode::Sample | VerifyMode::Block => {
                 let pd = p[i].get(d) as f64;
                 let qd = q.map_or(1.0, |q| q[i].get(d) as f64);
                 // q(d) = 0 cannot come from sampling q; treat such a token as a deterministic
@@ -72,16 +89,77 @@ pub fn verify(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f64
                 if uniforms[i] < ratio.min(1.0) {
                     continue;
                 }
-                let next = residual_sample(p_row, q_row, d, uniforms[k]);
+                let next = if active(Fault::ResampleFromP) { p[i].sample(uniforms[k]) } else { residual_sample(p_row, q_row, d, uniforms[k]) };
                 return Verdict { accepted: i, next, kind: NextKind::Recovered };
             }
         }
     }
     let next = match mode {
         VerifyMode::Greedy => argmax(p[k].as_slice()),
-        VerifyMode::Sample => p[k].sample(uniforms[k]),
+        VerifyMode::Sample | VerifyMode::Block => p[k].sample(uniforms[k]),
     };
     Verdict { accepted: k, next, kind: NextKind::Bonus }
+}
+
+/// Block verification (module docs): uniforms 0..k test the positions, uniform k draws the
+/// emitted token. `q` rows give every drafted token positive probability (or `q` is `None`:
+/// one-hot rows on the drafted tokens).
+fn verify_block(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f64]) -> Verdict {
+    let k = drafted.len();
+    // q row i at x: the draft's distribution for position i (one-hot on drafted[i] without q).
+    let q_at = |i: usize, x: usize| -> f64 {
+        match q {
+            Some(q) => q[i].as_slice()[x] as f64,
+            None => f64::from(u8::from(x == drafted[i] as usize)),
+        }
+    };
+    // Σₓ max(0, w·p_i(x) − q_i(x)): the mass left for a correction drawn at position i.
+    let residual_mass = |i: usize, w: f64| -> f64 { p[i].as_slice().iter().enumerate().map(|(x, &px)| (w * px as f64 - q_at(i, x)).max(0.0)).sum() };
+    let mut weights = vec![1.0f64; k + 1];
+    let mut cut = 0;
+    for i in 1..=k {
+        let d = drafted[i - 1];
+        weights[i] = (weights[i - 1] * p[i - 1].get(d) as f64 / q_at(i - 1, d as usize)).min(1.0);
+        // The probability of ending the block after position i, given that no later position
+        // will: the residual mass at i against what the weight has not covered.
+        let h = if i == k {
+            weights[i]
+        } else {
+            let r = residual_mass(i, weights[i]);
+            let total = r + 1.0 - weights[i];
+            if total > 0.0 { r / total } else { 0.0 }
+        };
+        if uniforms[i - 1] < h {
+            cut = i;
+        }
+    }
+    if cut == k {
+        return Verdict { accepted: k, next: p[k].sample(uniforms[k]), kind: NextKind::Bonus };
+    }
+    let w = if active(Fault::BlockWithoutWeight) { 1.0 } else { weights[cut] };
+    let residual: Vec<f64> = p[cut].as_slice().iter().enumerate().map(|(x, &px)| (w * px as f64 - q_at(cut, x)).max(0.0)).collect();
+    let total: f64 = residual.iter().sum();
+    let next = if total > 0.0 {
+        let target = uniforms[k] * total;
+        let mut acc = 0.0;
+        let mut last = 0;
+        let mut chosen = None;
+        for (x, &r) in residual.iter().enumerate() {
+            if r > 0.0 {
+                acc += r;
+                last = x;
+                if target < acc {
+                    chosen = Some(x);
+                    break;
+                }
+            }
+        }
+        chosen.unwrap_or(last) as u32
+    } else {
+        // No residual (rounding): fall back to p itself, as token verification does.
+        p[cut].sample(uniforms[k])
+    };
+    Verdict { accepted: cut, next, kind: NextKind::Recovered }
 }
 
 /// Samples from norm(max(0, p − q)), with q one-hot on `drafted` when `q` is `None`. When the
@@ -212,5 +290,78 @@ mod tests {
     fn k_zero_is_plain_sampling_from_p() {
         let p = [probs(&[0.5, 0.5])];
         assert_eq!(verify(&p, None, &[], &[0.7], VerifyMode::Sample), Verdict { accepted: 0, next: 1, kind: NextKind::Bonus });
+    }
+
+    /// The example of Sun et al.: Mb = (a ⅓, b ⅔), Ms = (a ⅔, b ⅓) at every position.
+    fn binary() -> (Probs, Probs) {
+        (probs(&[1.0 / 3.0, 2.0 / 3.0]), probs(&[2.0 / 3.0, 1.0 / 3.0]))
+    }
+
+    #[test]
+    fn block_verification_of_one_token_is_token_verification() {
+        let p = [probs(&[0.5, 0.3, 0.2]), probs(&[0.1, 0.1, 0.8])];
+        let q = [probs(&[0.2, 0.6, 0.2])];
+        for d in 0..3 {
+            for u0 in [0.0, 0.2, 0.4, 0.49, 0.51, 0.8, 0.99] {
+                for u1 in [0.0, 0.3, 0.7, 0.99] {
+                    let u = [u0, u1];
+                    assert_eq!(verify(&p, Some(&q), &[d], &u, VerifyMode::Block), verify(&p, Some(&q), &[d], &u, VerifyMode::Sample), "d {d}, u {u:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_position_can_vouch_for_an_earlier_one() {
+        // Drafts (a, b): token verification keeps a with probability ½; block verification's
+        // weight after b is min(1, ½ · (⅔)/(⅓)) = 1, so the block is kept whatever η₁ is.
+        let (mb, ms) = binary();
+        let p = [mb.clone(), mb.clone(), mb.clone()];
+        let q = [ms.clone(), ms.clone()];
+        let u = [0.9, 0.5, 0.3];
+        assert_eq!(verify(&p, Some(&q), &[0, 1], &u, VerifyMode::Sample).accepted, 0);
+        assert_eq!(verify(&p, Some(&q), &[0, 1], &u, VerifyMode::Block), Verdict { accepted: 2, next: 0, kind: NextKind::Bonus });
+        // Drafts (a, a): weights ½ then ¼; nothing can end after position 1 (no residual there),
+        // so the block is kept with probability ¼, else cut to nothing with a correction from
+        // max(0, Mb − Ms) = (0, ⅓): always b.
+        assert_eq!(verify(&p, Some(&q), &[0, 0], &[0.9, 0.2, 0.7], VerifyMode::Block).accepted, 2);
+        assert_eq!(verify(&p, Some(&q), &[0, 0], &[0.0, 0.3, 0.7], VerifyMode::Block), Verdict { accepted: 0, next: 1, kind: NextKind::Recovered });
+    }
+
+    /// Mean accepted drafts over many rounds of two drafted tokens in the binary example: 10/9 for
+    /// token verification, 11/9 for block verification (the figures of Sun et al.).
+    #[test]
+    fn block_verification_accepts_eleven_ninths_in_the_binary_example() {
+        use rand::{Rng, SeedableRng};
+        let (mb, ms) = binary();
+        let p = [mb.clone(), mb.clone(), mb.clone()];
+        let q = [ms.clone(), ms.clone()];
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let rounds = 400_000;
+        let (mut token, mut block) = (0usize, 0usize);
+        for _ in 0..rounds {
+            let d = [ms.sample(rng.random()), ms.sample(rng.random())];
+            let u: [f64; 3] = [rng.random(), rng.random(), rng.random()];
+            token += verify(&p, Some(&q), &d, &u, VerifyMode::Sample).accepted;
+            block += verify(&p, Some(&q), &d, &u, VerifyMode::Block).accepted;
+        }
+        let (token, block) = (token as f64 / rounds as f64, block as f64 / rounds as f64);
+        // Standard error ≈ 0.8 / √rounds ≈ 0.0013.
+        assert!((token - 10.0 / 9.0).abs() < 0.006, "token verification accepted {token}");
+        assert!((block - 11.0 / 9.0).abs() < 0.006, "block verification accepted {block}");
+    }
+
+    #[test]
+    fn block_verification_with_a_deterministic_proposal_and_a_token_q_cannot_draw() {
+        // One-hot proposals (q = None) are judged with one-hot rows: weights ¾ then ⅜; ending
+        // after position 1 has probability 0.375 / (0.375 + ¼) = 0.6 (its residual is all on 0).
+        let p = [probs(&[0.25, 0.75]), probs(&[0.5, 0.5]), probs(&[1.0, 0.0])];
+        assert_eq!(verify(&p, None, &[1, 1], &[0.5, 0.3, 0.0], VerifyMode::Block), Verdict { accepted: 2, next: 0, kind: NextKind::Bonus });
+        assert_eq!(verify(&p, None, &[1, 1], &[0.5, 0.9, 0.9], VerifyMode::Block), Verdict { accepted: 1, next: 0, kind: NextKind::Recovered });
+        assert_eq!(verify(&p, None, &[1, 1], &[0.7, 0.4, 0.9], VerifyMode::Block).accepted, 0);
+        // A drafted token with q(d) = 0 sends the round to token verification.
+        let q = [probs(&[1.0, 0.0]), probs(&[0.5, 0.5])];
+        let u = [0.7, 0.4, 0.6];
+        assert_eq!(verify(&p, Some(&q), &[1, 1], &u, VerifyMode::Block), verify(&p, Some(&q), &[1, 1], &u, VerifyMode::Sample));
     }
 }
