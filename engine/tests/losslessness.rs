@@ -9,7 +9,7 @@ use common::{toy_target as target, Markov};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::{warp, Probs, SamplingParams};
 use engine::speculative::faults::{with_fault, Fault};
-use engine::speculative::{generate_speculative, verify, DraftModel, NGram, Proposer, Schedule, SpecConfig, Verification, VerifyMode};
+use engine::speculative::{generate_speculative, verify, Costs, DraftModel, NGram, Proposer, Schedule, SpecConfig, Verification, VerifyMode};
 
 /// χ² goodness of fit (`engine::stats`): (statistic, p-value).
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
@@ -262,6 +262,11 @@ fn acceptance_count_matches_the_expected_acceptance_probabilities() {
     assert!((tau - tau_formula).abs() / tau_formula < 0.15, "τ {tau} vs formula {tau_formula}");
 }
 
+/// The auto schedule with costs of this machine's shape (c 0.2, v growing 0.1 per token).
+fn auto() -> Schedule {
+    Schedule::Auto { max: 6, costs: Costs::from_curve(0.2, &[(2, 1.1), (5, 1.4), (9, 1.8)]) }
+}
+
 fn close_draft() -> Markov {
     Markov::from_probs(&[
         &[0.20, 0.30, 0.20, 0.20, 0.10],
@@ -294,6 +299,7 @@ fn adaptive_schedules_and_confidence_stops_stay_lossless() {
     assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), optimal, params, 12, 3) > MIN_P);
     let confident = || Box::new(DraftModel::new(&d, 64).unwrap().with_confidence_stop(0.35)) as Box<dyn Proposer>;
     assert!(general_sequence_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 8, 3) > MIN_P);
+    assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), auto(), params, 12, 3) > MIN_P);
 }
 
 #[test]
@@ -307,6 +313,7 @@ fn greedy_equality_holds_for_every_proposer_and_schedule() {
         Schedule::Fixed { k: 3 },
         Schedule::Heuristic { initial: 2, min: 1, max: 8 },
         Schedule::Optimal { max: 8, c: 0.1 },
+        auto(),
     ];
     for schedule in schedules {
         let proposers: Vec<Box<dyn Proposer>> = vec![

@@ -34,13 +34,23 @@ pub struct SpeculationArgs {
     /// Longest n-gram the ngram proposer matches (down to 1).
     #[arg(long, default_value_t = 3)]
     pub ngram: usize,
-    /// Tokens drafted per verification (the starting k of an adaptive schedule).
+    /// Tokens drafted per verification (the fixed k, or the starting k of the heuristic schedule).
     #[arg(long, default_value_t = 4)]
     pub k: usize,
-    #[arg(long, value_enum, default_value = "fixed")]
+    /// Draft-length schedule: auto (the k, 0 included, with the most expected tokens per unit of
+    /// time, from costs measured at start-up and acceptance tracked online), fixed, heuristic
+    /// (k += 2 after a fully accepted round, k −= 1 otherwise), confidence (up to k, stopping
+    /// where the draft's top probability < --confidence, default 0.4) or optimal (online α̂, k
+    /// maximising Leviathan's predicted speedup for --cost-ratio).
+    #[arg(long, value_enum, default_value = "auto")]
     pub schedule: ScheduleKind,
+    /// Upper bound on k for the adaptive schedules.
     #[arg(long, default_value_t = crate::proposers::DEFAULT_MAX_K)]
     pub max_k: usize,
+    /// How sampled drafts are verified: block (jointly, never fewer tokens in expectation) or
+    /// token (one by one).
+    #[arg(long = "verify", default_value_t = crate::proposers::DEFAULT_VERIFICATION)]
+    pub verification: engine::speculative::Verification,
     #[arg(long, default_value_t = crate::proposers::DEFAULT_COST_RATIO)]
     pub cost_ratio: f64,
     /// Model drafts only: stop a draft where the draft's top probability is below this.
@@ -61,16 +71,25 @@ impl SpeculationArgs {
     }
 
     pub fn spec(&self, kind: ProposerKind) -> ProposerSpec {
-        ProposerSpec { kind, ngram: self.ngram, schedule: self.schedule, max_k: self.max_k, cost_ratio: self.cost_ratio, confidence: self.confidence }
+        ProposerSpec {
+            kind,
+            ngram: self.ngram,
+            schedule: self.schedule,
+            max_k: self.max_k,
+            cost_ratio: self.cost_ratio,
+            confidence: self.confidence,
+            verification: self.verification,
+        }
     }
 
-    /// The speculative settings for `generation` (the schedule is ignored target-only).
-    pub fn config(&self, generation: GenerationConfig) -> Result<SpecConfig> {
+    /// The speculative settings for `generation` (the schedule is ignored target-only; `costs`
+    /// are needed by the auto schedule).
+    pub fn config(&self, generation: GenerationConfig, costs: Option<engine::speculative::Costs>) -> Result<SpecConfig> {
         let schedule = match self.kind()? {
-            Some(kind) => self.spec(kind).schedule(self.k),
+            Some(kind) => self.spec(kind).schedule(self.k, costs)?,
             None => engine::speculative::Schedule::Fixed { k: self.k },
         };
-        Ok(SpecConfig { generation, schedule, verification: Default::default() })
+        Ok(SpecConfig { generation, schedule, verification: self.verification })
     }
 }
 
@@ -104,6 +123,22 @@ impl Models {
         };
         let early = if kind == Some(ProposerKind::LayerSkip) { spec.draft_layers } else { None };
         Ok(Models { target, draft, early })
+    }
+}
+
+impl Models {
+    /// The auto schedule's costs, measured with these models (None when the schedule needs none).
+    pub fn costs(&self, spec: &SpeculationArgs, early: Option<&LayerSkip<'_>>) -> Result<Option<engine::speculative::Costs>> {
+        let Some(kind) = spec.kind()? else { return Ok(None) };
+        if !spec.spec(kind).needs_costs() {
+            return Ok(None);
+        }
+        let draft: Option<&dyn CausalLm> = match kind {
+            ProposerKind::Draft => self.draft.as_ref().map(|d| d.loaded.model.as_ref()),
+            ProposerKind::LayerSkip => early.map(|e| e as &dyn CausalLm),
+            ProposerKind::Ngram => None,
+        };
+        Ok(Some(crate::calibrate::measure(self.target.model.as_ref(), draft, spec.max_k)?))
     }
 }
 
@@ -265,6 +300,10 @@ pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &m
         Some(layers) => Some(LayerSkip::new(models.target.model.as_ref(), layers)?),
         None => None,
     };
+    let costs = models.costs(&args.speculation, early.as_ref())?;
+    if let Some(c) = &costs {
+        writeln!(notes, "auto schedule: {}", crate::calibrate::describe(c, args.speculation.max_k))?;
+    }
     let proposer = build_proposer(&models, early.as_ref(), &args.speculation, capacity)?;
     let speculative = proposer.is_some();
     let mut session = Session::new(models.target.model.as_ref(), proposer, capacity)?;
@@ -322,7 +361,7 @@ pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &m
         messages.push(ChatMessage::new("user", line.clone()));
         let context = tok.encode(&tok.apply_chat_template(&messages, true)?, false)?;
         let generation = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed: args.seed.wrapping_add(turn_index), stop_at_eos: true };
-        let spec = args.speculation.config(generation)?;
+        let spec = args.speculation.config(generation, costs)?;
         let mut live = constraint.as_ref().map(|c| c.start()).transpose()?;
         let mut stream = StreamDecoder::new(tok);
         let mut write_error = None;

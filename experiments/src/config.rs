@@ -75,6 +75,8 @@ pub enum ScheduleKind {
     Heuristic,
     Confidence,
     Optimal,
+    /// Cost-aware k (0 included) from measured costs and online acceptance.
+    Auto,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +108,9 @@ pub struct PairEntry {
     /// Confidence-stop threshold on the draft's top probability (schedule "confidence"; default 0.4).
     #[serde(default)]
     pub confidence: Option<f32>,
+    /// How sampled drafts are verified: "token" or "block" (default "block").
+    #[serde(default)]
+    pub verify: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,12 +232,18 @@ impl std::fmt::Display for ScheduleKind {
             ScheduleKind::Heuristic => "heuristic",
             ScheduleKind::Confidence => "confidence",
             ScheduleKind::Optimal => "optimal",
+            ScheduleKind::Auto => "auto",
         })
     }
 }
 
 impl PairEntry {
     /// The proposer settings of this pair.
+    /// The pair's verification (checked by `validate`).
+    pub fn verification(&self) -> engine::speculative::Verification {
+        self.verify.as_deref().map_or(crate::proposers::DEFAULT_VERIFICATION, |v| v.parse().unwrap_or(crate::proposers::DEFAULT_VERIFICATION))
+    }
+
     pub fn spec(&self) -> crate::proposers::ProposerSpec {
         use crate::proposers::*;
         ProposerSpec {
@@ -242,6 +253,7 @@ impl PairEntry {
             max_k: self.max_k.unwrap_or(DEFAULT_MAX_K),
             cost_ratio: self.cost_ratio.unwrap_or(DEFAULT_COST_RATIO),
             confidence: self.confidence,
+            verification: self.verification(),
         }
     }
 
@@ -255,6 +267,15 @@ impl PairEntry {
             ProposerKind::Ngram => format!("ngram{}→{}", self.ngram.unwrap_or(3), self.target),
             ProposerKind::LayerSkip => format!("{}@{}→{}", self.target, self.draft_layers.unwrap_or(0), self.target),
         })
+    }
+
+    /// The k values the grid runs this pair at: the grid's, except for the auto schedule, which
+    /// chooses k itself (up to `max_k`) and runs once.
+    pub fn ks(&self, grid: &[usize]) -> Vec<usize> {
+        match self.schedule {
+            ScheduleKind::Auto => vec![self.max_k.unwrap_or(crate::proposers::DEFAULT_MAX_K)],
+            _ => grid.to_vec(),
+        }
     }
 
     /// The model whose draft-only baseline measures this pair's drafting cost, if it has one:
@@ -326,6 +347,12 @@ impl ExperimentConfig {
             }
             if p.ngram == Some(0) || p.max_k == Some(0) {
                 bail!("{at}: `ngram` and `max_k` must be at least 1");
+            }
+            if let Some(v) = &p.verify {
+                v.parse::<engine::speculative::Verification>().map_err(|e| anyhow::anyhow!("{at}: `verify`: {e}"))?;
+            }
+            if p.schedule == ScheduleKind::Auto && p.max_k.unwrap_or(crate::proposers::DEFAULT_MAX_K) > engine::speculative::MAX_AUTO_K {
+                bail!("{at}: the auto schedule drafts at most {} tokens (`max_k`)", engine::speculative::MAX_AUTO_K);
             }
             if !labels.insert(p.label()) {
                 bail!("{at}: two pairs share the label {:?}; give one a `name`", p.label());

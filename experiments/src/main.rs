@@ -3,6 +3,7 @@
 
 mod backend;
 mod bench;
+mod calibrate;
 mod chat;
 mod config;
 mod constraint;
@@ -213,36 +214,8 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
-    /// Draft model for speculative decoding (same vocabulary as --model); implies --proposer draft.
-    #[arg(long)]
-    draft: Option<String>,
-    /// Speculative proposer: `draft` (needs --draft), `ngram` (prompt lookup) or `layer-skip`
-    /// (the target's first --draft-layers layers drafting for the whole target).
-    #[arg(long, value_enum)]
-    proposer: Option<ProposerKind>,
-    /// Layers of the target that a layer-skip draft runs.
-    #[arg(long)]
-    draft_layers: Option<usize>,
-    /// Longest n-gram the ngram proposer matches (down to 1).
-    #[arg(long, default_value_t = 3)]
-    ngram: usize,
-    /// Tokens drafted per verification (the fixed k, or the starting k of an adaptive schedule).
-    #[arg(long, default_value_t = 4)]
-    k: usize,
-    /// Draft-length schedule: fixed, heuristic (k += 2 after a fully accepted round, k −= 1
-    /// otherwise), confidence (up to k, stopping where the draft's top probability < --confidence,
-    /// default 0.4) or optimal (online α̂, k maximising the predicted speedup for --cost-ratio).
-    #[arg(long, value_enum, default_value = "fixed")]
-    schedule: ScheduleKind,
-    /// Upper bound on k for the adaptive schedules.
-    #[arg(long, default_value_t = 8)]
-    max_k: usize,
-    /// Cost ratio c (draft step ÷ target step) the optimal schedule assumes.
-    #[arg(long, default_value_t = 0.35)]
-    cost_ratio: f64,
-    /// Model drafts only: stop a draft where the draft's top probability is below this.
-    #[arg(long)]
-    confidence: Option<f32>,
+    #[command(flatten)]
+    speculation: chat::SpeculationArgs,
     /// Speculative runs: also run target-only decoding with the same settings and report the
     /// measured speedup and the cost ratio c.
     #[arg(long)]
@@ -255,27 +228,6 @@ struct GenerateArgs {
     grammar: Option<std::path::PathBuf>,
     #[command(flatten)]
     runtime: RuntimeArgs,
-}
-
-impl GenerateArgs {
-    fn proposer_spec(&self, kind: ProposerKind) -> ProposerSpec {
-        ProposerSpec { kind, ngram: self.ngram, schedule: self.schedule, max_k: self.max_k, cost_ratio: self.cost_ratio, confidence: self.confidence }
-    }
-
-    /// The proposer asked for, if decoding is speculative.
-    fn proposer(&self) -> Result<Option<ProposerKind>> {
-        match (self.proposer, &self.draft) {
-            (Some(ProposerKind::Ngram | ProposerKind::LayerSkip), Some(_)) => {
-                anyhow::bail!("--draft implies --proposer draft")
-            }
-            (Some(ProposerKind::LayerSkip), None) if self.draft_layers.is_none() => {
-                anyhow::bail!("--proposer layer-skip needs --draft-layers L")
-            }
-            (Some(ProposerKind::Draft), None) => anyhow::bail!("--proposer draft needs --draft SRC"),
-            (None, Some(_)) => Ok(Some(ProposerKind::Draft)),
-            (p, _) => Ok(p),
-        }
-    }
 }
 
 #[derive(Args)]
@@ -329,7 +281,8 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         stop_at_eos: !args.ignore_eos,
     };
-    let draft = match &args.draft {
+    let sp = &args.speculation;
+    let draft = match &sp.draft {
         Some(spec) => Some(load_draft(spec, tok, &device)?),
         None => None,
     };
@@ -345,14 +298,13 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             }
         }
     };
-    let speculative = args.proposer()?;
+    let speculative = sp.kind()?;
     if speculative.is_none() && args.baseline {
         anyhow::bail!("--baseline compares against speculative decoding: give --draft or --proposer ngram");
     }
-    let proposer_spec = speculative.map(|kind| args.proposer_spec(kind));
-    let spec = SpecConfig { generation: cfg.clone(), schedule: proposer_spec.map_or(engine::speculative::Schedule::Fixed { k: args.k }, |p| p.schedule(args.k)), verification: Default::default() };
+    let proposer_spec = speculative.map(|kind| sp.spec(kind));
     let capacity = engine::generate::positions_needed(prompt_ids.len(), cfg.max_new_tokens).max(prompt_ids.len());
-    let early = match (speculative, args.draft_layers) {
+    let early = match (speculative, sp.draft_layers) {
         (Some(ProposerKind::LayerSkip), Some(layers)) => Some(engine::model::LayerSkip::new(loaded.model.as_ref(), layers)?),
         _ => None,
     };
@@ -364,6 +316,23 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| proposers::DraftSource::Shared(e as &dyn CausalLm)),
         _ => None,
     };
+    // The auto schedule's costs: this machine's verification curve and draft step, measured now.
+    let costs = match proposer_spec.filter(|p| p.needs_costs()) {
+        Some(_) => {
+            let draft_forward: Option<&dyn CausalLm> = match speculative {
+                Some(ProposerKind::Draft) => draft.as_ref().map(|d| d.loaded.model.as_ref()),
+                Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| e as &dyn CausalLm),
+                _ => None,
+            };
+            let costs = calibrate::measure(loaded.model.as_ref(), draft_forward, sp.max_k)?;
+            if !args.json {
+                eprintln!("[auto schedule: {}]", calibrate::describe(&costs, sp.max_k));
+            }
+            Some(costs)
+        }
+        None => None,
+    };
+    let spec = sp.config(cfg.clone(), costs)?;
     let mut proposer: Option<Box<dyn Proposer + '_>> = match proposer_spec {
         Some(p) => Some(p.build(draft_model, capacity)?),
         None => None,
@@ -413,15 +382,16 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     }
     if let Some(m) = &metrics {
         let extra = serde_json::json!({
-            "draft": args.draft,
+            "draft": sp.draft,
             "proposer": speculative.expect("metrics come from speculative runs").to_string(),
             "vocab": draft.as_ref().map(|d| d.comparison.relation),
             "pair_mode": draft.as_ref().map(|d| d.comparison.mode),
-            "ngram": args.ngram,
-            "draft_layers": args.draft_layers,
-            "k": args.k,
+            "ngram": sp.ngram,
+            "draft_layers": sp.draft_layers,
+            "k": sp.k,
             "schedule": spec.schedule,
-            "confidence": args.confidence,
+            "verification": spec.verification,
+            "confidence": sp.confidence,
             "drafted": m.drafted,
             "accepted": m.accepted,
             "iterations": m.iterations,
@@ -439,6 +409,8 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         json.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
     }
     if let (Some(m), Some(b)) = (&metrics, &baseline) {
+        // Leviathan's formula takes one k: the mean drafted per round for adaptive schedules.
+        let k_used = if m.iterations > 0 { ((m.drafted as f64 / m.iterations as f64).round() as usize).max(1) } else { sp.k };
         let target_step_s = if b.tokens.len() > 1 { b.decode_s / (b.tokens.len() - 1) as f64 } else { 0.0 };
         let c = if target_step_s > 0.0 { m.draft_step_s() / target_step_s } else { 0.0 };
         let extra = serde_json::json!({
@@ -448,10 +420,10 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "target_step_s": target_step_s,
             "c": c,
             "verify_cost": if target_step_s > 0.0 { m.verify_call_s() / target_step_s } else { 0.0 },
-            "predicted_speedup": predicted_speedup(m.alpha_verified(), args.k, c),
+            "predicted_speedup": predicted_speedup(m.alpha_verified(), k_used, c),
             // The sharper form with the measured verification cost v instead of 1 (DESIGN.md §4).
             "predicted_speedup_measured_v": if target_step_s > 0.0 {
-                expected_tokens(m.alpha_verified(), args.k) / (args.k as f64 * c + m.verify_call_s() / target_step_s)
+                expected_tokens(m.alpha_verified(), k_used) / (k_used as f64 * c + m.verify_call_s() / target_step_s)
             } else {
                 0.0
             },
@@ -479,7 +451,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         if let Some(m) = &metrics {
             eprintln!(
                 "[k={} α̂={:.3} τ={:.2} ({} accepted / {} drafted in {} verifications); draft {:.2}s, verify {:.2}s]",
-                args.k, m.alpha(), m.tau(), m.accepted, m.drafted, m.iterations, m.draft_s, m.verify_s
+                sp.k, m.alpha(), m.tau(), m.accepted, m.drafted, m.iterations, m.draft_s, m.verify_s
             );
         }
         if let Some(b) = &baseline {
@@ -709,7 +681,15 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let draft = load_draft(&args.draft, &target.tokenizer, &device)?;
     let bridge = draft.bridge(&target.tokenizer);
     let tok = &target.tokenizer;
-    let spec = ProposerSpec { kind: ProposerKind::Draft, ngram: 3, schedule: ScheduleKind::Fixed, max_k: args.k, cost_ratio: 0.0, confidence: None };
+    let spec = ProposerSpec {
+        kind: ProposerKind::Draft,
+        ngram: 3,
+        schedule: ScheduleKind::Fixed,
+        max_k: args.k,
+        cost_ratio: 0.0,
+        confidence: None,
+        verification: proposers::DEFAULT_VERIFICATION,
+    };
     let prompt = encode_prompt(tok, &args.prompt, args.chat, None)?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     let gen = |seed| GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed, stop_at_eos: true };
@@ -721,7 +701,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     for i in 0..args.samples as u64 {
         let source = draft.source(target.model.as_ref(), bridge.as_ref(), &args.prompt, args.chat, None)?;
         let mut proposer = spec.build(Some(source), capacity)?;
-        let cfg = SpecConfig::fixed(gen(args.seed.wrapping_add(2 * i)), args.k);
+        let cfg = SpecConfig::fixed(gen(args.seed.wrapping_add(2 * i)), args.k).with_verification(spec.verification);
         let out = generate_speculative(target.model.as_ref(), proposer.as_mut(), &prompt, tok.eos_ids(), &cfg, |_| {})?;
         drafted += out.metrics.drafted;
         accepted += out.metrics.accepted;

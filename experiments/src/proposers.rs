@@ -5,12 +5,15 @@
 use crate::config::{ProposerKind, ScheduleKind};
 use anyhow::{bail, Result};
 use engine::model::CausalLm;
-use engine::speculative::{CrossVocab, DraftModel, ExtendedIds, NGram, PairMode, Proposer, Schedule, TextBridge, VocabComparison};
+use engine::speculative::{Costs, CrossVocab, DraftModel, ExtendedIds, NGram, PairMode, Proposer, Schedule, TextBridge, Verification, VocabComparison};
 
 /// Default confidence-stop threshold (draft top probability) of the `confidence` schedule.
 pub const DEFAULT_CONFIDENCE: f32 = 0.4;
 pub const DEFAULT_MAX_K: usize = 8;
 pub const DEFAULT_COST_RATIO: f64 = 0.35;
+/// Block verification never accepts fewer tokens in expectation (Sun et al.) and costs a few
+/// passes over the vocabulary per round.
+pub const DEFAULT_VERIFICATION: Verification = Verification::Block;
 
 /// How a speculative run drafts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,17 +26,28 @@ pub struct ProposerSpec {
     pub cost_ratio: f64,
     /// Confidence-stop threshold; set by the `confidence` schedule (or explicitly on `generate`).
     pub confidence: Option<f32>,
+    pub verification: Verification,
 }
 
 impl ProposerSpec {
     /// The draft-length schedule for a run with (starting) draft length `k`. The `confidence`
-    /// schedule drafts up to k tokens and stops early where the draft is unsure.
-    pub fn schedule(&self, k: usize) -> Schedule {
-        match self.schedule {
+    /// schedule drafts up to k tokens and stops early where the draft is unsure; `auto` drafts up
+    /// to `max_k` with the measured `costs` (see [`crate::calibrate`]).
+    pub fn schedule(&self, k: usize, costs: Option<Costs>) -> Result<Schedule> {
+        Ok(match self.schedule {
             ScheduleKind::Fixed | ScheduleKind::Confidence => Schedule::Fixed { k },
             ScheduleKind::Heuristic => Schedule::Heuristic { initial: k, min: 1, max: self.max_k.max(k) },
             ScheduleKind::Optimal => Schedule::Optimal { max: self.max_k.max(1), c: self.cost_ratio },
-        }
+            ScheduleKind::Auto => match costs {
+                Some(costs) => Schedule::Auto { max: self.max_k.clamp(1, engine::speculative::MAX_AUTO_K), costs },
+                None => bail!("the auto schedule needs measured costs"),
+            },
+        })
+    }
+
+    /// Whether the schedule needs [`crate::calibrate::measure`]'s costs.
+    pub fn needs_costs(&self) -> bool {
+        self.schedule == ScheduleKind::Auto
     }
 
     /// The parameters that matter for this proposer and schedule, for records.
@@ -46,10 +60,11 @@ impl ProposerSpec {
             p.push(format!("confidence={c}"));
         }
         match self.schedule {
-            ScheduleKind::Heuristic => p.push(format!("max_k={}", self.max_k)),
+            ScheduleKind::Heuristic | ScheduleKind::Auto => p.push(format!("max_k={}", self.max_k)),
             ScheduleKind::Optimal => p.push(format!("max_k={},cost_ratio={}", self.max_k, self.cost_ratio)),
             _ => {}
         }
+        p.push(format!("verify={}", self.verification));
         p.join(",")
     }
 

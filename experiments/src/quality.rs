@@ -236,6 +236,7 @@ pub fn run(model: &str, args: &QualityArgs, device: &burn::tensor::Device, threa
         None => None,
     };
     let target = models.target.model.as_ref();
+    let costs = models.costs(&args.speculation, early.as_ref())?;
     let mut results = Vec::new();
     for (i, prompt) in prompts.iter().enumerate() {
         let messages = prompt.messages.clone().unwrap_or_else(|| vec![ChatMessage::new("user", prompt.prompt.clone())]);
@@ -244,7 +245,7 @@ pub fn run(model: &str, args: &QualityArgs, device: &burn::tensor::Device, threa
             None => tok.encode(&prompt.prompt, true)?,
         };
         let gen = GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed: args.seed.wrapping_add(i as u64), stop_at_eos: true };
-        let spec = args.speculation.config(gen.clone())?;
+        let spec = args.speculation.config(gen.clone(), costs)?;
         let capacity = engine::generate::positions_needed(ids.len(), gen.max_new_tokens).max(ids.len());
         let (generation, metrics) = match build_proposer(&models, early.as_ref(), &args.speculation, capacity)? {
             Some(mut p) => {

@@ -78,6 +78,9 @@ pub struct Manifest {
     /// For merged runs: the shard directories combined.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<String>,
+    /// The auto schedule's measured costs per pair label (c and the verification curve).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub costs: BTreeMap<String, engine::speculative::Costs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,7 +179,7 @@ fn plan(cfg: &ExperimentConfig, sets: &[PromptSet]) -> Vec<Group> {
                                     jobs.push(Job { kind: Kind::Draft, pair: None, model: m.to_string(), k: 0, key: record_key(&cell), cell });
                                 }
                                 for (i, pair) in cfg.pairs.iter().enumerate() {
-                                    for &k in &g.k {
+                                    for k in pair.ks(&g.k) {
                                         let cell = format!("spec:{}|{}|k={k}|{sampling_key}", pair.label(), pair.schedule);
                                         jobs.push(Job { kind: Kind::Spec, pair: Some(i), model: pair.target.clone(), k, key: record_key(&cell), cell });
                                     }
@@ -347,6 +350,26 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         }
     };
 
+    // The auto schedule's costs, measured once per pair on this machine (a resumed run keeps
+    // the costs it started with, so its rounds keep their rule).
+    let mut costs: Vec<Option<engine::speculative::Costs>> = vec![None; cfg.pairs.len()];
+    for (i, pair) in cfg.pairs.iter().enumerate() {
+        if !pair.spec().needs_costs() {
+            continue;
+        }
+        if let Some(c) = previous.as_ref().and_then(|m| m.costs.get(&pair.label())) {
+            costs[i] = Some(*c);
+            continue;
+        }
+        let draft = pair.draft_model_label().map(|l| draft_of(&l));
+        let measured = crate::calibrate::measure(&models[&pair.target].model, draft, pair.spec().max_k)?;
+        if !quiet {
+            eprintln!("{}: auto schedule costs {}", pair.label(), crate::calibrate::describe(&measured, pair.spec().max_k));
+        }
+        costs[i] = Some(measured);
+    }
+    let pair_costs: BTreeMap<String, engine::speculative::Costs> =
+        cfg.pairs.iter().zip(&costs).filter_map(|(p, c)| c.map(|c| (p.label(), c))).collect();
     let manifest = match previous {
         Some(mut m) => {
             m.resumed.push(now());
@@ -369,6 +392,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             models: manifest_models,
             resumed: vec![],
             merged_from: vec![],
+            costs: pair_costs,
         },
     };
     std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
@@ -401,7 +425,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             for w in 0..cfg.warmup {
                 let mut short = g.clone();
                 short.max_new_tokens = g.max_new_tokens.min(16);
-                run_job(&cfg, &sets, &short, job, &models, &vocabs, &draft_of, &mut encode, w as u64)?;
+                run_job(&cfg, &sets, &short, job, &models, &vocabs, &costs, &draft_of, &mut encode, w as u64)?;
             }
         }
     }
@@ -419,7 +443,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             }
             bar.set_message(format!("{} · {}/{}", job.cell, sets[g.set].name, sets[g.set].prompts[g.prompt].id));
             let seed = seed_for(cfg.seed, &sets[g.set].name, &sets[g.set].prompts[g.prompt].id, g.repeat);
-            let record = run_job(&cfg, &sets, g, job, &models, &vocabs, &draft_of, &mut encode, seed)?;
+            let record = run_job(&cfg, &sets, g, job, &models, &vocabs, &costs, &draft_of, &mut encode, seed)?;
             log.append(&record)?;
             bar.inc(1);
             let live = if record.kind == Kind::Spec { format!("α̂ {:.2} τ {:.2} · ", record.alpha, record.tau) } else { String::new() };
@@ -462,6 +486,7 @@ fn run_job<'m>(
     job: &Job,
     models: &HashMap<String, Loaded>,
     vocabs: &'m [Option<PairVocab<'m>>],
+    costs: &[Option<engine::speculative::Costs>],
     draft_of: &dyn Fn(&str) -> &'m dyn CausalLm,
     encode: &mut dyn FnMut(&str, usize, usize) -> Result<Vec<u32>>,
     seed: u64,
@@ -499,7 +524,7 @@ fn run_job<'m>(
             };
             let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
             let mut proposer = spec.build(draft, capacity)?;
-            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k), verification: Default::default() };
+            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k, costs[index])?, verification: spec.verification };
             let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
             let draft_label = pair.draft_model_label().unwrap_or_default();
             (out.generation, out.metrics, pair.label(), draft_label, proposer_name, pair.schedule.to_string(), params)

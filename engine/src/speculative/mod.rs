@@ -44,5 +44,5 @@ pub use cross_vocab::{
 pub use decoder::{continue_speculative, generate_speculative, generate_speculative_constrained, SpecConfig, SpecGeneration, SpecMetrics, Verification};
 pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};
-pub use schedule::{expected_tokens, optimal_k, predicted_speedup, Schedule, Scheduler};
+pub use schedule::{best_k, expected_round_tokens, expected_tokens, optimal_k, predicted_speedup, Costs, Schedule, Scheduler, MAX_AUTO_K};
 pub use verify::{verify, NextKind, Verdict, VerifyMode};

@@ -5,6 +5,11 @@
 //!   otherwise, within bounds.
 //! - `Optimal` — estimates α online (accepted / verified positions, with a weak prior) and picks the
 //!   k maximising Leviathan's speedup (1 − α^(k+1)) / ((1 − α)(k·c + 1)) for a cost ratio c.
+//! - `Auto` — cost-aware: measured [`Costs`] (the draft's step c and the target's verification
+//!   curve v(n), both in target decode steps) and acceptance tracked online per draft position;
+//!   each round takes the k, 0 included (a plain target step), with the most expected tokens per
+//!   unit of time. While k = 0 wins it still drafts one token now and then, at growing intervals,
+//!   so that a draft that starts to agree is noticed.
 //!
 //! A confidence stop (end a draft early when the draft's top probability is low) is a property of
 //! the draft model proposer: [`DraftModel::with_confidence_stop`](super::DraftModel::with_confidence_stop).
@@ -16,6 +21,45 @@ pub enum Schedule {
     Fixed { k: usize },
     Heuristic { initial: usize, min: usize, max: usize },
     Optimal { max: usize, c: f64 },
+    Auto { max: usize, costs: Costs },
+}
+
+/// The longest draft [`Costs`] describes.
+pub const MAX_AUTO_K: usize = 16;
+
+/// What a round costs, in target decode steps (one target forward over one token = 1).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Costs {
+    /// c: one draft forward over one token.
+    pub draft_step: f64,
+    /// v(n) for n = 1..=17 at index n − 1: one target forward over n tokens (v(1) = 1).
+    pub verify: [f64; MAX_AUTO_K + 1],
+}
+
+impl Costs {
+    /// Costs from c and the verification curve measured at some sizes (n, v(n)), interpolated
+    /// linearly between them and extended along the last segment's slope (never below v(1) = 1).
+    pub fn from_curve(draft_step: f64, measured: &[(usize, f64)]) -> Self {
+        let mut points: Vec<(f64, f64)> = std::iter::once((1.0, 1.0)).chain(measured.iter().filter(|(n, _)| *n > 1).map(|&(n, v)| (n as f64, v))).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points.dedup_by(|a, b| a.0 == b.0);
+        let at = |n: f64| -> f64 {
+            let i = points.iter().rposition(|p| p.0 <= n).unwrap_or(0);
+            let (a, b) = if i + 1 < points.len() { (points[i], points[i + 1]) } else if i > 0 { (points[i - 1], points[i]) } else { return 1.0 + (n - 1.0) };
+            (a.1 + (b.1 - a.1) * (n - a.0) / (b.0 - a.0)).max(1.0)
+        };
+        Costs { draft_step: draft_step.max(0.0), verify: std::array::from_fn(|i| if i == 0 { 1.0 } else { at((i + 1) as f64) }) }
+    }
+
+    /// v(n), for 1 ≤ n ≤ 17.
+    pub fn verify_cost(&self, n: usize) -> f64 {
+        self.verify[n.clamp(1, MAX_AUTO_K + 1) - 1]
+    }
+
+    /// Time of a round drafting k tokens (k draft steps, a forward over k + 1 tokens).
+    pub fn round(&self, k: usize) -> f64 {
+        k as f64 * self.draft_step + self.verify_cost(k + 1)
+    }
 }
 
 /// Leviathan et al.'s expected speedup for per-token acceptance α, draft length k and cost ratio c.
@@ -45,6 +89,68 @@ pub fn optimal_k(alpha: f64, c: f64, max: usize) -> usize {
     .0
 }
 
+/// Expected tokens emitted by a round drafting k tokens, when draft position i is accepted with
+/// probability `a[i]` given that all before it were: 1 + Σⱼ Πᵢ≤ⱼ aᵢ.
+pub fn expected_round_tokens(a: &[f64], k: usize) -> f64 {
+    let mut total = 1.0;
+    let mut all = 1.0;
+    for &ai in a.iter().take(k) {
+        all *= ai;
+        total += all;
+    }
+    total
+}
+
+/// The k in 0..=max with the most expected tokens per unit of time under `costs`.
+pub fn best_k(a: &[f64], costs: &Costs, max: usize) -> usize {
+    let rate = |k: usize| expected_round_tokens(a, k) / costs.round(k);
+    (1..=max.min(MAX_AUTO_K).min(a.len())).fold(0, |best, k| if rate(k) > rate(best) + 1e-12 { k } else { best })
+}
+
+/// Online per-position acceptance: exponentially discounted counts (recent rounds weigh more, so
+/// the estimate follows a change of text), shrunk toward the pooled rate of all positions, which
+/// itself starts from an optimistic prior (so that drafting is tried first).
+#[derive(Debug, Clone)]
+struct Acceptance {
+    tested: Vec<f64>,
+    accepted: Vec<f64>,
+}
+
+impl Acceptance {
+    /// Weight of the past per new round.
+    const DECAY: f64 = 0.9;
+    /// Pseudo-counts of the prior (rate `PRIOR_RATE`) and of the pull toward the pooled rate.
+    const PRIOR: f64 = 2.0;
+    const PRIOR_RATE: f64 = 0.75;
+    const POOL: f64 = 2.0;
+
+    fn new(positions: usize) -> Self {
+        Acceptance { tested: vec![0.0; positions], accepted: vec![0.0; positions] }
+    }
+
+    fn observe(&mut self, drafted: usize, accepted: usize) {
+        for (t, a) in self.tested.iter_mut().zip(self.accepted.iter_mut()) {
+            *t *= Self::DECAY;
+            *a *= Self::DECAY;
+        }
+        for i in 0..drafted.min(accepted + 1).min(self.tested.len()) {
+            self.tested[i] += 1.0;
+            self.accepted[i] += f64::from(u8::from(i < accepted));
+        }
+    }
+
+    /// The estimated aᵢ for every position.
+    fn rates(&self) -> Vec<f64> {
+        let pooled = (self.accepted.iter().sum::<f64>() + Self::PRIOR * Self::PRIOR_RATE) / (self.tested.iter().sum::<f64>() + Self::PRIOR);
+        self.tested.iter().zip(&self.accepted).map(|(&t, &a)| (a + Self::POOL * pooled) / (t + Self::POOL)).collect()
+    }
+}
+
+/// While `Auto` prefers k = 0, a one-token draft after this many rounds, doubling each time
+/// drafting still does not pay, up to `PROBE_MAX`.
+const PROBE_FIRST: usize = 8;
+const PROBE_MAX: usize = 128;
+
 /// A schedule's running state.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -52,16 +158,25 @@ pub struct Scheduler {
     k: usize,
     accepted: f64,
     tested: f64,
+    /// `Auto`: per-position acceptance, rounds since the last draft, and the probing interval.
+    positions: Acceptance,
+    idle: usize,
+    probe_after: usize,
 }
 
 impl Scheduler {
     pub fn new(schedule: Schedule) -> Self {
+        let mut positions = Acceptance::new(0);
         let k = match schedule {
             Schedule::Fixed { k } => k,
             Schedule::Heuristic { initial, min, max } => initial.clamp(min, max),
             Schedule::Optimal { max, .. } => max.min(4),
+            Schedule::Auto { max, costs } => {
+                positions = Acceptance::new(max.min(MAX_AUTO_K));
+                best_k(&positions.rates(), &costs, max)
+            }
         };
-        Scheduler { schedule, k, accepted: 0.0, tested: 0.0 }
+        Scheduler { schedule, k, accepted: 0.0, tested: 0.0, positions, idle: 0, probe_after: PROBE_FIRST }
     }
 
     /// The largest k this schedule can ask for.
@@ -69,7 +184,13 @@ impl Scheduler {
         match self.schedule {
             Schedule::Fixed { k } => k,
             Schedule::Heuristic { max, .. } | Schedule::Optimal { max, .. } => max,
+            Schedule::Auto { max, .. } => max.min(MAX_AUTO_K),
         }
+    }
+
+    /// `Auto`'s current estimates of the per-position acceptance aᵢ (empty for other schedules).
+    pub fn acceptance(&self) -> Vec<f64> {
+        self.positions.rates()
     }
 
     /// Draft length for the next iteration.
@@ -94,6 +215,27 @@ impl Scheduler {
                 // Beta(1, 1)-style prior keeps early estimates away from 0 and 1.
                 let alpha = (self.accepted + 1.0) / (self.tested + 2.0);
                 self.k = optimal_k(alpha, c, max);
+            }
+            Schedule::Auto { max, costs } => {
+                let probe = drafted > 0 && self.idle >= self.probe_after;
+                if probe && accepted == drafted {
+                    // The draft agrees again after a stretch of silence: the old evidence
+                    // against it is stale, start over from the prior.
+                    self.positions = Acceptance::new(self.positions.tested.len());
+                }
+                if drafted > 0 {
+                    self.positions.observe(drafted, accepted);
+                }
+                let best = best_k(&self.positions.rates(), &costs, max);
+                if best > 0 {
+                    (self.k, self.idle, self.probe_after) = (best, 0, PROBE_FIRST);
+                } else if probe {
+                    // A probe that did not pay: wait twice as long for the next.
+                    (self.k, self.idle, self.probe_after) = (0, 0, (2 * self.probe_after).min(PROBE_MAX));
+                } else {
+                    self.idle += 1;
+                    self.k = if self.idle >= self.probe_after { 1 } else { 0 };
+                }
             }
         }
     }
@@ -149,5 +291,84 @@ mod tests {
             s.observe(4, 0); // nothing accepted: α → 0, k → 1
         }
         assert_eq!(s.next_k(), 1);
+    }
+
+    fn costs(c: f64, slope: f64) -> Costs {
+        Costs { draft_step: c, verify: std::array::from_fn(|i| 1.0 + slope * i as f64) }
+    }
+
+    #[test]
+    fn auto_picks_the_best_rate_by_brute_force() {
+        for &a in &[0.0, 0.2, 0.5, 0.8, 0.95, 1.0] {
+            for &c in &[0.05, 0.2, 0.5, 1.0] {
+                for &slope in &[0.0, 0.1, 0.4, 1.0] {
+                    let rates = vec![a; 8];
+                    let costs = costs(c, slope);
+                    let k = best_k(&rates, &costs, 8);
+                    let rate = |k: usize| expected_round_tokens(&rates, k) / costs.round(k);
+                    let best = (0..=8).map(rate).fold(f64::MIN, f64::max);
+                    assert!((rate(k) - best).abs() < 1e-12, "a {a} c {c} slope {slope}: k {k}");
+                }
+            }
+        }
+        // Hand-worked: a = 0.9, c = 0.1, v(n) = 1 + 0.1(n − 1): k = 1 gives 1.9 / 1.2 = 1.583,
+        // k = 2: 2.71 / 1.4 = 1.936, k = 3: 3.439 / 1.6 = 2.149, k = 4: 4.0951 / 1.8 = 2.275,
+        // k = 5: 4.6856 / 2.0 = 2.343, k = 6: 5.217 / 2.2 = 2.371, k = 7: 5.695 / 2.4 = 2.373,
+        // k = 8: 6.126 / 2.6 = 2.356 → 7.
+        assert_eq!(best_k(&[0.9; 8], &costs(0.1, 0.1), 8), 7);
+        // A draft as slow as the target that is never accepted: a plain target step.
+        assert_eq!(best_k(&[0.0; 8], &costs(1.0, 0.5), 8), 0);
+        // On this machine's measured shape (c ≈ 0.4, v(5) ≈ 1.6): one draft pays at a = 0.6
+        // (1.6 / 1.55), none at a = 0.5 (1.5 / 1.55).
+        assert_eq!(best_k(&[0.6; 8], &costs(0.4, 0.15), 8), 1);
+        assert_eq!(best_k(&[0.5; 8], &costs(0.4, 0.15), 8), 0);
+        assert!(best_k(&[0.97; 8], &costs(0.4, 0.15), 8) >= 2);
+    }
+
+    #[test]
+    fn costs_interpolate_the_measured_curve() {
+        let c = Costs::from_curve(0.3, &[(1, 1.0), (3, 1.4), (5, 2.0), (9, 3.0)]);
+        assert_eq!(c.verify_cost(1), 1.0);
+        assert!((c.verify_cost(2) - 1.2).abs() < 1e-12);
+        assert!((c.verify_cost(4) - 1.7).abs() < 1e-12);
+        assert!((c.verify_cost(7) - 2.5).abs() < 1e-12);
+        // Past the last point, the last segment's slope (0.25 per token).
+        assert!((c.verify_cost(13) - 4.0).abs() < 1e-12);
+        assert!((c.round(4) - (1.2 + 2.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn auto_stops_drafting_when_it_does_not_pay_and_probes_less_and_less() {
+        let mut s = Scheduler::new(Schedule::Auto { max: 8, costs: costs(0.3, 0.15) });
+        assert!(s.next_k() > 0, "the optimistic prior tries drafting first");
+        let mut ks = Vec::new();
+        for _ in 0..400 {
+            let k = s.next_k();
+            ks.push(k);
+            s.observe(k, 0); // never accepted
+        }
+        let probes: Vec<usize> = ks.iter().enumerate().skip(20).filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
+        assert!(probes.iter().all(|&i| ks[i] == 1), "probes draft one token");
+        let gaps: Vec<usize> = probes.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "probe intervals never shrink: {gaps:?}");
+        assert!(probes.len() < 12, "at most a few probes in 380 rounds: {probes:?}");
+        // A draft that starts to agree is picked up again by a probe.
+        for _ in 0..300 {
+            let k = s.next_k();
+            s.observe(k, k);
+        }
+        assert!(s.next_k() >= 4, "k {} after a run of full acceptances", s.next_k());
+    }
+
+    #[test]
+    fn auto_tracks_acceptance_per_position() {
+        let mut s = Scheduler::new(Schedule::Auto { max: 6, costs: costs(0.05, 0.05) });
+        for _ in 0..200 {
+            // Position 1 always accepted, position 2 never.
+            s.observe(4, 1);
+        }
+        let a = s.acceptance();
+        assert!(a[0] > 0.9 && a[1] < 0.2, "{a:?}");
+        assert_eq!(s.next_k(), 1, "drafting past a position that always fails only costs time");
     }
 }
