@@ -426,6 +426,11 @@ fn markov_pair() -> MarkovPair {
 /// Draws DRAWS sequences of `len` tokens speculatively and tests them against the target's exact
 /// sequence distribution; returns the p-value.
 fn chi_square(pair: &MarkovPair, k: usize, len: usize, params: SamplingParams, broken: bool) -> f64 {
+    chi_square_with(pair, k, len, params, broken, false)
+}
+
+/// [`chi_square`], drafting in text mode or (`shared`) among the tokens both vocabularies have.
+fn chi_square_with(pair: &MarkovPair, k: usize, len: usize, params: SamplingParams, broken: bool, shared: bool) -> f64 {
     let bridge = TextBridge::new(&pair.spm, &pair.bpe);
     let s = pair.support.len();
     let index = |t: u32| pair.support.iter().position(|&x| x == t).unwrap_or_else(|| panic!("token {t} outside the target's support"));
@@ -448,8 +453,11 @@ fn chi_square(pair: &MarkovPair, k: usize, len: usize, params: SamplingParams, b
     let vocab = pair.bpe.vocab_size();
     for seed in 0..DRAWS {
         let cfg = SpecConfig::fixed(GenerationConfig { max_new_tokens: len, sampling: params, seed, stop_at_eos: false }, k);
-        let p = CrossVocab::new(&pair.draft, &bridge, 64).unwrap();
-        let mut proposer: Box<dyn Proposer + '_> = if broken { Box::new(SoftQ(p, vocab)) } else { Box::new(p) };
+        let mut p = CrossVocab::new(&pair.draft, &bridge, 64).unwrap();
+        if shared {
+            p = p.with_shared_tokens();
+        }
+        let mut proposer: Box<dyn Proposer + '_> = if broken && !shared { Box::new(SoftQ(p, vocab)) } else { Box::new(p) };
         let out = generate_speculative(&pair.target, proposer.as_mut(), &[pair.start], &[], &cfg, |_| {}).unwrap();
         drafted += out.metrics.drafted;
         accepted += out.metrics.accepted;
@@ -474,4 +482,35 @@ fn the_test_rejects_a_proposal_verified_with_the_wrong_q() {
     let pair = markov_pair();
     let p = chi_square(&pair, 3, 4, SamplingParams::with_temperature(1.0), true);
     assert!(p < MIN_P, "a verifier fed a q the proposal was not drawn from passed (p = {p}): the test has no power");
+}
+
+#[test]
+fn shared_token_drafting_is_lossless_and_its_broken_twin_is_caught() {
+    use engine::speculative::faults::{with_fault, Fault};
+    let pair = markov_pair();
+    let bridge = TextBridge::new(&pair.spm, &pair.bpe);
+    // Bytes, "a", "b", "ab" and "▁a" (" a") are tokens of both vocabularies.
+    assert!(bridge.shared_tokens() > 256, "{} shared", bridge.shared_tokens());
+    assert_eq!(bridge.shared_token(id(&pair.spm, "▁a")), Some(id(&pair.bpe, "Ġa")));
+    // A draft that also likes a word the target's vocabulary lacks (its mass is dropped by the
+    // restriction, which is what renormalisation is for).
+    let unshared = (0..pair.spm.vocab_size() as u32)
+        .find(|&i| !pair.spm.is_special(i) && pair.spm.token_bytes(i).is_some_and(|b| b.len() > 1) && bridge.shared_token(i).is_none())
+        .expect("a draft word the target lacks");
+    let draft_support: Vec<u32> = ["a", "b", "ab", "▁a", "é"].iter().map(|t| id(&pair.spm, t)).chain([unshared]).collect();
+    let rows: [&[f64]; 6] = [
+        &[0.15, 0.25, 0.15, 0.10, 0.05, 0.30],
+        &[0.25, 0.10, 0.15, 0.15, 0.05, 0.30],
+        &[0.15, 0.15, 0.15, 0.15, 0.10, 0.30],
+        &[0.10, 0.25, 0.25, 0.05, 0.05, 0.30],
+        &[0.25, 0.15, 0.15, 0.10, 0.05, 0.30],
+        &[0.30, 0.20, 0.20, 0.10, 0.05, 0.15],
+    ];
+    let pair = MarkovPair { draft: Markov::new(pair.spm.vocab_size(), &draft_support, &rows), ..pair };
+    // Four tokens: the first is sampled at prefill, then a full round of k = 2 drafts.
+    assert!(chi_square_with(&pair, 2, 4, SamplingParams::with_temperature(1.0), false, true) > MIN_P);
+    assert!(chi_square_with(&pair, 2, 4, SamplingParams { temperature: 0.8, top_k: 4, top_p: 0.95 }, false, true) > MIN_P);
+    // q from before the restriction (the plausible bug of forgetting to renormalise) is caught.
+    let broken = with_fault(Fault::UnrenormalizedQ, || chi_square_with(&pair, 2, 4, SamplingParams::with_temperature(1.0), false, true));
+    assert!(broken < MIN_P, "an unrenormalised q passed (p = {broken})");
 }

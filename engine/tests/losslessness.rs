@@ -401,3 +401,28 @@ fn block_verification_accepts_at_least_as_many_tokens() {
     eprintln!("τ token {token:.4}, block {block:.4}");
     assert!(block > token, "block verification emitted {block} tokens per round, token verification {token}");
 }
+
+#[test]
+fn a_truncated_draft_vocabulary_is_lossless_and_its_broken_twin_is_caught() {
+    // The draft samples among three of the five ids (renormalised); q is zero elsewhere.
+    use engine::model::CausalLm;
+    let t = target();
+    let d = close_draft();
+    let head = d.head_subset(&[3, 0, 2]).unwrap();
+    let truncated = || Box::new(DraftModel::new(&d, 64).unwrap().with_head_subset(&head)) as Box<dyn Proposer>;
+    let params = SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0 };
+    let p = general_sequence_test(&t, &[0], truncated, Schedule::Fixed { k: 3 }, params, 7, 3);
+    assert!(p > MIN_P);
+    let block = window_test(&t, &[0], truncated, Schedule::Fixed { k: 3 }, Verification::Block, params, 7, 3);
+    assert!(block > MIN_P);
+    // Writing q at the subset's positions instead of its ids breaks it, and the test sees it.
+    let broken = with_fault(Fault::SubsetIndexAsId, || general_sequence_test(&t, &[0], truncated, Schedule::Fixed { k: 3 }, params, 7, 3));
+    assert!(broken < MIN_P, "q at subset positions passed (p = {broken})");
+    // Greedy: the draft proposes its argmax among the subset, the output is the target's.
+    let gen = GenerationConfig { max_new_tokens: 30, stop_at_eos: false, ..Default::default() };
+    let want = generate(&t, &[1], &[], &gen, |_| {}).unwrap().tokens;
+    let mut proposer = DraftModel::new(&d, 64).unwrap().with_head_subset(&head);
+    let out = generate_speculative(&t, &mut proposer, &[1], &[], &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
+    assert_eq!(out.generation.tokens, want);
+    assert!(out.metrics.drafted > 0);
+}

@@ -7,7 +7,7 @@ mod common;
 use burn::tensor::Device;
 use common::real_model;
 use engine::generate::{generate, GenerationConfig};
-use engine::model::LogitRows;
+use engine::model::{CausalLm, LogitRows};
 use engine::sampling::SamplingParams;
 use engine::source::ModelFiles;
 use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
@@ -134,4 +134,43 @@ fn layer_skip_self_draft_matches_greedy_and_full_depth_accepts_everything() {
         }
     }
     assert!(engine::model::LayerSkip::new(m.model.as_ref(), 31).is_err());
+}
+
+#[test]
+fn a_truncated_head_computes_exactly_the_full_heads_rows() {
+    // SmolLM2's head is tied to its Q8_0 embedding table; the subset is every 7th id.
+    let Some(m) = load("smollm2-135m") else { return };
+    let ids: Vec<u32> = (0..m.model.config().vocab_size as u32).step_by(7).collect();
+    let head = m.model.head_subset(&ids).unwrap();
+    let tokens = m.tokenizer.encode("A truncated head keeps some rows of the output layer.", false).unwrap();
+    for rows in [LogitRows::Last, LogitRows::All] {
+        let mut full_cache = m.model.new_cache(64).unwrap();
+        let full = m.model.forward(&tokens, &mut full_cache, rows).unwrap();
+        let mut cache = m.model.new_cache(64).unwrap();
+        let part = m.model.forward_subset(&tokens, &mut cache, rows, &head).unwrap();
+        assert_eq!((part.rows(), part.vocab()), (full.rows(), ids.len()));
+        for r in 0..full.rows() {
+            for (j, &id) in ids.iter().enumerate() {
+                assert_eq!(part.row(r)[j].to_bits(), full.row(r)[id as usize].to_bits(), "row {r}, id {id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn qwen_pair_with_a_truncated_draft_vocabulary_stays_exact() {
+    let (Some(target), Some(draft)) = (load("qwen2.5-coder-1.5b"), load("qwen2.5-coder-0.5b")) else { return };
+    // The 16384 lowest ids (byte-level BPE's most common merges) and the special tokens.
+    let tok = &draft.tokenizer;
+    let ids: Vec<u32> = (0..tok.vocab_size() as u32).filter(|&i| i < 16384 || tok.is_special(i)).collect();
+    let head = draft.model.head_subset(&ids).unwrap();
+    let gen = GenerationConfig { max_new_tokens: 32, stop_at_eos: true, ..Default::default() };
+    let text = "Write a Python function that checks whether a string is a palindrome.";
+    let prompt_ids = prompt(&target, text);
+    let want = generate(target.model.as_ref(), &prompt_ids, target.tokenizer.eos_ids(), &gen, |_| {}).unwrap().tokens;
+    let mut proposer = DraftModel::new(draft.model.as_ref(), prompt_ids.len() + 40).unwrap().with_head_subset(&head);
+    let out = generate_speculative(target.model.as_ref(), &mut proposer, &prompt_ids, target.tokenizer.eos_ids(), &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
+    eprintln!("truncated draft (16384 ids): α̂ = {:.3}, τ = {:.2}", out.metrics.alpha(), out.metrics.tau());
+    assert_eq!(out.generation.tokens, want);
+    assert!(out.metrics.alpha() > 0.5, "a 16k-id draft still agrees on code (α̂ {})", out.metrics.alpha());
 }

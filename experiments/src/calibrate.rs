@@ -4,7 +4,7 @@
 //! them here keeps the clock out of the engine's decisions.
 
 use anyhow::Result;
-use engine::model::{CausalLm, LogitRows};
+use engine::model::{CausalLm, HeadSubset, LogitRows};
 use engine::speculative::{Costs, MAX_AUTO_K};
 use std::time::Instant;
 
@@ -24,35 +24,43 @@ fn median_time(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 }
 
 /// Seconds of one forward over `n` tokens after [`CONTEXT`] tokens (all logit rows, as
-/// verification needs), median of `runs` after one warm-up.
-fn forward_time(model: &dyn CausalLm, n: usize, runs: usize) -> Result<f64> {
+/// verification needs; over `head`'s ids only if given), median of `runs` after one warm-up.
+fn forward_time(model: &dyn CausalLm, head: Option<&HeadSubset>, n: usize, runs: usize) -> Result<f64> {
     let vocab = model.config().vocab_size as u32;
     let tokens: Vec<u32> = (0..(CONTEXT + n) as u32).map(|i| (i * 7919 + 11) % vocab).collect();
     let mut cache = model.new_cache(CONTEXT + n)?;
-    model.forward(&tokens[..CONTEXT], &mut cache, LogitRows::Last)?;
-    model.forward(&tokens[CONTEXT..], &mut cache, LogitRows::All)?;
+    let forward = |tokens: &[u32], cache: &mut engine::model::KvCache, rows| -> Result<()> {
+        match head {
+            Some(h) => model.forward_subset(tokens, cache, rows, h)?,
+            None => model.forward(tokens, cache, rows)?,
+        };
+        Ok(())
+    };
+    forward(&tokens[..CONTEXT], &mut cache, LogitRows::Last)?;
+    forward(&tokens[CONTEXT..], &mut cache, LogitRows::All)?;
     cache.truncate(CONTEXT);
     median_time(runs, || {
-        model.forward(&tokens[CONTEXT..], &mut cache, LogitRows::All)?;
+        forward(&tokens[CONTEXT..], &mut cache, LogitRows::All)?;
         cache.truncate(CONTEXT);
         Ok(())
     })
 }
 
-/// The costs of rounds of up to `max_k` drafts with `draft` (a draft model, or `None` for a
-/// proposer whose drafting time is negligible, as prompt lookup's) for `target`.
-pub fn measure(target: &dyn CausalLm, draft: Option<&dyn CausalLm>, max_k: usize) -> Result<Costs> {
-    let one = forward_time(target, 1, 5)?;
+/// The costs of rounds of up to `max_k` drafts with `draft` (a draft model — drafting over
+/// `head`'s ids if it has a truncated vocabulary — or `None` for a proposer whose drafting time is
+/// negligible, as prompt lookup's) for `target`.
+pub fn measure(target: &dyn CausalLm, draft: Option<&dyn CausalLm>, head: Option<&HeadSubset>, max_k: usize) -> Result<Costs> {
+    let one = forward_time(target, None, 1, 5)?;
     // The curve at a few sizes up to max_k + 1; the engine interpolates between them.
     let top = (max_k + 1).min(MAX_AUTO_K + 1);
     let mut sizes: Vec<usize> = [2, 3, 5, 9, 17].into_iter().filter(|&n| n < top).collect();
     sizes.push(top);
     let mut curve = vec![(1, 1.0)];
     for n in sizes.into_iter().filter(|&n| n > 1) {
-        curve.push((n, forward_time(target, n, 3)? / one));
+        curve.push((n, forward_time(target, None, n, 3)? / one));
     }
     let c = match draft {
-        Some(d) => forward_time(d, 1, 5)? / one,
+        Some(d) => forward_time(d, head, 1, 5)? / one,
         None => 0.0,
     };
     Ok(Costs::from_curve(c, &curve))

@@ -51,6 +51,19 @@ pub struct SpeculationArgs {
     /// token (one by one).
     #[arg(long = "verify", default_value_t = crate::proposers::DEFAULT_VERIFICATION)]
     pub verification: engine::speculative::Verification,
+    /// A truncated draft vocabulary: the draft's output layer keeps only the N most frequent ids
+    /// (of the builtin frequency table for its tokenizer, or --draft-vocab-table), and the draft
+    /// samples among them. Lossless; cheaper draft steps, possibly fewer accepted tokens.
+    #[arg(long)]
+    pub draft_vocab: Option<usize>,
+    /// A token-frequency table made by `specdec vocab-freq` for the draft's tokenizer.
+    #[arg(long, requires = "draft_vocab")]
+    pub draft_vocab_table: Option<std::path::PathBuf>,
+    /// A draft with another vocabulary: auto (shared tokens when sampling and the target shares
+    /// half the draft's tokens, else text), text (re-encoded text, one-hot proposals) or
+    /// shared-tokens (drafting among the tokens both have, verifying q).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cross_vocab: crate::proposers::CrossVocabMode,
     #[arg(long, default_value_t = crate::proposers::DEFAULT_COST_RATIO)]
     pub cost_ratio: f64,
     /// Model drafts only: stop a draft where the draft's top probability is below this.
@@ -79,6 +92,8 @@ impl SpeculationArgs {
             cost_ratio: self.cost_ratio,
             confidence: self.confidence,
             verification: self.verification,
+            draft_vocab: self.draft_vocab,
+            cross_vocab: self.cross_vocab,
         }
     }
 
@@ -99,6 +114,8 @@ pub struct Models {
     pub target: engine::LoadedModel,
     pub draft: Option<crate::Draft>,
     pub early: Option<usize>,
+    /// The drafting head over a truncated vocabulary (`--draft-vocab`).
+    pub draft_head: Option<engine::model::HeadSubset>,
 }
 
 impl Models {
@@ -122,7 +139,19 @@ impl Models {
             _ => None,
         };
         let early = if kind == Some(ProposerKind::LayerSkip) { spec.draft_layers } else { None };
-        Ok(Models { target, draft, early })
+        let draft_head = match (spec.draft_vocab, kind) {
+            (None, _) | (_, None) => None,
+            (Some(_), Some(ProposerKind::Ngram)) => bail!("--draft-vocab needs a model proposer (a draft or layer-skip)"),
+            (Some(n), Some(_)) => {
+                // A layer-skip draft is the target's own first layers: its head is the target's.
+                let (model, tok) = match &draft {
+                    Some(d) => (d.loaded.model.as_ref(), &d.loaded.tokenizer),
+                    None => (target.model.as_ref(), &target.tokenizer),
+                };
+                Some(crate::proposers::draft_head(model, tok, n, spec.draft_vocab_table.as_deref())?)
+            }
+        };
+        Ok(Models { target, draft, early, draft_head })
     }
 }
 
@@ -138,7 +167,7 @@ impl Models {
             ProposerKind::LayerSkip => early.map(|e| e as &dyn CausalLm),
             ProposerKind::Ngram => None,
         };
-        Ok(Some(crate::calibrate::measure(self.target.model.as_ref(), draft, spec.max_k)?))
+        Ok(Some(crate::calibrate::measure(self.target.model.as_ref(), draft, self.draft_head.as_ref(), spec.max_k)?))
     }
 }
 
@@ -154,7 +183,8 @@ pub fn build_proposer<'m>(models: &'m Models, early: Option<&'m LayerSkip<'m>>, 
         ProposerKind::LayerSkip => early.map(|e| crate::proposers::DraftSource::Shared(e as &dyn CausalLm)),
         ProposerKind::Ngram => None,
     };
-    Ok(Some(spec.spec(kind).build(draft, capacity)?))
+    let head = if kind == ProposerKind::Ngram { None } else { models.draft_head.as_ref() };
+    Ok(Some(spec.spec(kind).build(draft, head, capacity)?))
 }
 
 #[derive(Args)]

@@ -111,6 +111,16 @@ pub struct PairEntry {
     /// How sampled drafts are verified: "token" or "block" (default "block").
     #[serde(default)]
     pub verify: Option<String>,
+    /// A truncated draft vocabulary: the draft's head keeps the N most frequent ids.
+    #[serde(default)]
+    pub draft_vocab: Option<usize>,
+    /// A draft with another vocabulary: "auto" (default), "text" or "shared-tokens".
+    #[serde(default)]
+    pub cross_vocab: crate::proposers::CrossVocabMode,
+    /// The token-frequency table for that (default: the builtin one for the draft's tokenizer),
+    /// relative to the config's directory.
+    #[serde(default)]
+    pub draft_vocab_table: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +264,8 @@ impl PairEntry {
             cost_ratio: self.cost_ratio.unwrap_or(DEFAULT_COST_RATIO),
             confidence: self.confidence,
             verification: self.verification(),
+            draft_vocab: self.draft_vocab,
+            cross_vocab: self.cross_vocab,
         }
     }
 
@@ -347,6 +359,9 @@ impl ExperimentConfig {
             }
             if p.ngram == Some(0) || p.max_k == Some(0) {
                 bail!("{at}: `ngram` and `max_k` must be at least 1");
+            }
+            if p.draft_vocab == Some(0) || (p.draft_vocab.is_some() && p.proposer() == ProposerKind::Ngram) {
+                bail!("{at}: `draft_vocab` must be at least 1 and needs a model proposer");
             }
             if let Some(v) = &p.verify {
                 v.parse::<engine::speculative::Verification>().map_err(|e| anyhow::anyhow!("{at}: `verify`: {e}"))?;

@@ -15,6 +15,7 @@ mod report;
 mod roofline;
 mod runner;
 mod summary;
+mod vocab_freq;
 
 use anyhow::{Context, Result};
 use backend::Backend;
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long, default_value = "notebooks-data/exports")]
         to: std::path::PathBuf,
     },
+    /// Count a tokenizer's token frequencies (for truncated draft vocabularies, --draft-vocab N).
+    VocabFreq(vocab_freq::VocabFreqArgs),
     /// Combine shard directories of one run (`run --shard I/N`) into one run with one summary.
     Merge {
         #[arg(required = true)]
@@ -148,6 +151,12 @@ struct CertifyArgs {
     chat: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A truncated draft vocabulary (as for generate).
+    #[arg(long)]
+    draft_vocab: Option<usize>,
+    /// A draft with another vocabulary: auto, text or shared-tokens (as for generate).
+    #[arg(long, value_enum, default_value = "auto")]
+    cross_vocab: proposers::CrossVocabMode,
     /// Significance level of the verdict.
     #[arg(long, default_value_t = 0.001)]
     alpha: f64,
@@ -158,7 +167,7 @@ struct CertifyArgs {
 }
 
 #[derive(Args)]
-struct RuntimeArgs {
+pub struct RuntimeArgs {
     /// Burn backend: flex (default CPU), ndarray (needs --features ndarray), wgpu (needs --features wgpu).
     #[arg(long, default_value = "flex")]
     backend: Backend,
@@ -253,6 +262,7 @@ fn main() {
         Command::Bench(args) => cmd_bench(args),
         Command::Chat(args) => cmd_chat(args),
         Command::Run(args) => cmd_run(args),
+        Command::VocabFreq(args) => vocab_freq::run(&args),
         Command::Summarize { dir } => report::finalize(&dir).map(|cells| print!("{}", summary::table(&cells))),
         Command::Export { dir, to } => report::export(&dir, &to).map(|files| {
             for f in files {
@@ -287,6 +297,18 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         None => None,
     };
     let bridge = draft.as_ref().and_then(|d| d.bridge(tok));
+    // A truncated draft vocabulary: the draft's (or, drafting with its own first layers, the
+    // target's) head over the N most frequent ids.
+    let draft_head = match sp.draft_vocab {
+        Some(n) => {
+            let (model, dtok) = match &draft {
+                Some(d) => (d.loaded.model.as_ref(), &d.loaded.tokenizer),
+                None => (loaded.model.as_ref(), tok),
+            };
+            Some(proposers::draft_head(model, dtok, n, sp.draft_vocab_table.as_deref())?)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut stream = StreamDecoder::new(tok);
     let mut print = |id: u32| {
@@ -310,7 +332,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     };
     let draft_model = match speculative {
         Some(ProposerKind::Draft) => match &draft {
-            Some(d) => Some(d.source(loaded.model.as_ref(), bridge.as_ref(), &args.prompt, args.chat, args.system.as_deref())?),
+            Some(d) => Some(d.source(loaded.model.as_ref(), bridge.as_ref(), sp.cross_vocab, &cfg.sampling, &args.prompt, args.chat, args.system.as_deref())?),
             None => None,
         },
         Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| proposers::DraftSource::Shared(e as &dyn CausalLm)),
@@ -324,7 +346,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
                 Some(ProposerKind::LayerSkip) => early.as_ref().map(|e| e as &dyn CausalLm),
                 _ => None,
             };
-            let costs = calibrate::measure(loaded.model.as_ref(), draft_forward, sp.max_k)?;
+            let costs = calibrate::measure(loaded.model.as_ref(), draft_forward, draft_head.as_ref(), sp.max_k)?;
             if !args.json {
                 eprintln!("[auto schedule: {}]", calibrate::describe(&costs, sp.max_k));
             }
@@ -334,7 +356,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     };
     let spec = sp.config(cfg.clone(), costs)?;
     let mut proposer: Option<Box<dyn Proposer + '_>> = match proposer_spec {
-        Some(p) => Some(p.build(draft_model, capacity)?),
+        Some(p) => Some(p.build(draft_model, draft_head.as_ref(), capacity)?),
         None => None,
     };
     let constraint = constraint::load(tok, loaded.model.config().vocab_size, tok.eos_ids(), args.json_schema.as_deref(), args.grammar.as_deref())?;
@@ -639,11 +661,26 @@ impl Draft {
     }
 
     /// The draft side for `ProposerSpec::build`; in text mode with the prompt rendered the
-    /// draft's own way.
-    fn source<'m>(&'m self, target: &dyn CausalLm, bridge: Option<&'m engine::speculative::TextBridge<'m>>, prompt: &str, chat: bool, system: Option<&str>) -> Result<proposers::DraftSource<'m>> {
+    /// draft's own way, drafting shared tokens where `cross_vocab` chooses so for `sampling`.
+    #[allow(clippy::too_many_arguments)]
+    fn source<'m>(
+        &'m self,
+        target: &dyn CausalLm,
+        bridge: Option<&'m engine::speculative::TextBridge<'m>>,
+        cross_vocab: proposers::CrossVocabMode,
+        sampling: &SamplingParams,
+        prompt: &str,
+        chat: bool,
+        system: Option<&str>,
+    ) -> Result<proposers::DraftSource<'m>> {
         let model = self.loaded.model.as_ref();
         Ok(match (self.comparison.mode, bridge) {
-            (PairMode::Text, Some(bridge)) => proposers::DraftSource::Text { model, bridge, prompt: encode_prompt(&self.loaded.tokenizer, prompt, chat, system)? },
+            (PairMode::Text, Some(bridge)) => proposers::DraftSource::Text {
+                model,
+                bridge,
+                prompt: encode_prompt(&self.loaded.tokenizer, prompt, chat, system)?,
+                shared_tokens: proposers::cross_vocab_mode(cross_vocab, bridge, sampling) == PairMode::SharedTokens,
+            },
             (PairMode::ExtendedIds, _) => proposers::DraftSource::Extended { model, target_vocab: target.config().vocab_size },
             _ => proposers::DraftSource::Shared(model),
         })
@@ -689,6 +726,12 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
         cost_ratio: 0.0,
         confidence: None,
         verification: proposers::DEFAULT_VERIFICATION,
+        draft_vocab: args.draft_vocab,
+        cross_vocab: args.cross_vocab,
+    };
+    let head = match args.draft_vocab {
+        Some(n) => Some(proposers::draft_head(draft.loaded.model.as_ref(), &draft.loaded.tokenizer, n, None)?),
+        None => None,
     };
     let prompt = encode_prompt(tok, &args.prompt, args.chat, None)?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
@@ -699,8 +742,8 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let mut plain = Vec::with_capacity(args.samples);
     let (mut drafted, mut accepted) = (0u64, 0u64);
     for i in 0..args.samples as u64 {
-        let source = draft.source(target.model.as_ref(), bridge.as_ref(), &args.prompt, args.chat, None)?;
-        let mut proposer = spec.build(Some(source), capacity)?;
+        let source = draft.source(target.model.as_ref(), bridge.as_ref(), args.cross_vocab, &sampling, &args.prompt, args.chat, None)?;
+        let mut proposer = spec.build(Some(source), head.as_ref(), capacity)?;
         let cfg = SpecConfig::fixed(gen(args.seed.wrapping_add(2 * i)), args.k).with_verification(spec.verification);
         let out = generate_speculative(target.model.as_ref(), proposer.as_mut(), &prompt, tok.eos_ids(), &cfg, |_| {})?;
         drafted += out.metrics.drafted;

@@ -3,8 +3,10 @@
 //! (`engine::speculative::compare_vocabularies`): shared ids, extended ids, or text.
 
 use crate::config::{ProposerKind, ScheduleKind};
-use anyhow::{bail, Result};
-use engine::model::CausalLm;
+use anyhow::{bail, Context, Result};
+use engine::model::{CausalLm, HeadSubset};
+use engine::speculative::VocabFrequency;
+use engine::tokenizer::Tokenizer;
 use engine::speculative::{Costs, CrossVocab, DraftModel, ExtendedIds, NGram, PairMode, Proposer, Schedule, TextBridge, Verification, VocabComparison};
 
 /// Default confidence-stop threshold (draft top probability) of the `confidence` schedule.
@@ -27,6 +29,10 @@ pub struct ProposerSpec {
     /// Confidence-stop threshold; set by the `confidence` schedule (or explicitly on `generate`).
     pub confidence: Option<f32>,
     pub verification: Verification,
+    /// A truncated draft vocabulary: the draft's head keeps this many ids.
+    pub draft_vocab: Option<usize>,
+    /// How a draft with another vocabulary drafts.
+    pub cross_vocab: CrossVocabMode,
 }
 
 impl ProposerSpec {
@@ -65,6 +71,9 @@ impl ProposerSpec {
             _ => {}
         }
         p.push(format!("verify={}", self.verification));
+        if let Some(n) = self.draft_vocab {
+            p.push(format!("draft_vocab={n}"));
+        }
         p.join(",")
     }
 
@@ -78,7 +87,10 @@ impl ProposerSpec {
     /// A fresh proposer for one generation. `draft` is the draft side (a separate model, or a
     /// [`LayerSkip`](engine::model::LayerSkip) view of the target, with what its vocabulary
     /// needs); `capacity` the KV positions the generation needs.
-    pub fn build<'m>(&self, draft: Option<DraftSource<'m>>, capacity: usize) -> Result<Box<dyn Proposer + 'm>> {
+    pub fn build<'m>(&self, draft: Option<DraftSource<'m>>, head: Option<&'m HeadSubset>, capacity: usize) -> Result<Box<dyn Proposer + 'm>> {
+        if head.is_some() && !matches!(draft, Some(_)) {
+            bail!("a truncated draft vocabulary needs a draft model");
+        }
         match (self.kind, draft) {
             (ProposerKind::Ngram, _) => {
                 if self.confidence().is_some() {
@@ -91,20 +103,33 @@ impl ProposerSpec {
                 if let Some(threshold) = self.confidence() {
                     p = p.with_confidence_stop(threshold);
                 }
+                if let Some(head) = head {
+                    p = p.with_head_subset(head);
+                }
                 Ok(Box::new(p))
             }
             (_, Some(DraftSource::Extended { model, target_vocab })) => {
                 if self.confidence().is_some() {
                     bail!("the confidence stop is not available for a draft with an extended vocabulary");
                 }
-                Ok(Box::new(ExtendedIds::new(model, capacity, target_vocab)?))
+                let mut p = ExtendedIds::new(model, capacity, target_vocab)?;
+                if let Some(head) = head {
+                    p = p.with_head_subset(head);
+                }
+                Ok(Box::new(p))
             }
-            (_, Some(DraftSource::Text { model, bridge, prompt })) => {
+            (_, Some(DraftSource::Text { model, bridge, prompt, shared_tokens })) => {
                 // The draft's tokenizer may need more tokens than the target's for the same text.
                 let draft_capacity = prompt.len() + 2 * capacity + 16;
                 let mut p = CrossVocab::new(model, bridge, draft_capacity)?.with_draft_prompt(prompt);
                 if let Some(threshold) = self.confidence() {
                     p = p.with_confidence_stop(threshold);
+                }
+                if let Some(head) = head {
+                    p = p.with_head_subset(head);
+                }
+                if shared_tokens {
+                    p = p.with_shared_tokens();
                 }
                 Ok(Box::new(p))
             }
@@ -120,9 +145,39 @@ pub enum DraftSource<'m> {
     Shared(&'m dyn CausalLm),
     /// A vocabulary the target's extends: ids map directly, q is padded to `target_vocab`.
     Extended { model: &'m dyn CausalLm, target_vocab: usize },
-    /// A different vocabulary: drafts travel as text through `bridge`; `prompt` is the prompt
-    /// as the draft sees it (rendered with the draft's own chat template).
-    Text { model: &'m dyn CausalLm, bridge: &'m TextBridge<'m>, prompt: Vec<u32> },
+    /// A different vocabulary: drafts travel as text through `bridge` (or, with `shared_tokens`,
+    /// as the tokens both vocabularies have, with q); `prompt` is the prompt as the draft sees it
+    /// (rendered with the draft's own chat template).
+    Text { model: &'m dyn CausalLm, bridge: &'m TextBridge<'m>, prompt: Vec<u32>, shared_tokens: bool },
+}
+
+/// How a draft with another vocabulary drafts (config key `cross_vocab`, `--cross-vocab`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossVocabMode {
+    /// Shared tokens for sampled decoding when the target shares at least half of the draft's
+    /// tokens; text otherwise (greedy decoding gains nothing from q, and text keeps the draft's
+    /// own tokens proposable).
+    #[default]
+    Auto,
+    Text,
+    SharedTokens,
+}
+
+/// The mode a pair of different vocabularies drafts in for `sampling`.
+pub fn cross_vocab_mode(mode: CrossVocabMode, bridge: &TextBridge<'_>, sampling: &engine::sampling::SamplingParams) -> PairMode {
+    match mode {
+        CrossVocabMode::Text => PairMode::Text,
+        CrossVocabMode::SharedTokens => PairMode::SharedTokens,
+        CrossVocabMode::Auto => {
+            let share = bridge.shared_tokens() as f64 / bridge.draft.tokenizer().vocab_size().max(1) as f64;
+            if !sampling.is_greedy() && share >= 0.5 {
+                PairMode::SharedTokens
+            } else {
+                PairMode::Text
+            }
+        }
+    }
 }
 
 /// The record label of a pair mode: `draft` for shared/extended ids, `cross-vocab` for text.
@@ -130,6 +185,7 @@ pub fn proposer_label(mode: PairMode) -> &'static str {
     match mode {
         PairMode::SharedIds | PairMode::ExtendedIds => "draft",
         PairMode::Text => "cross-vocab",
+        PairMode::SharedTokens => "shared-tokens",
     }
 }
 
@@ -141,10 +197,31 @@ pub fn describe_pair(c: &VocabComparison) -> String {
             "draft ids are target ids; q is padded with zeros over the target's {} extra ids ({} special)",
             c.extra_ids, c.extra_special
         ),
-        PairMode::Text => {
-            "draft tokens are decoded to text and re-encoded with the target's tokenizer (a deterministic proposal, verified as one-hot q)"
-                .to_string()
-        }
+        PairMode::Text | PairMode::SharedTokens => format!(
+            "draft tokens are decoded to text and re-encoded with the target's tokenizer (a deterministic proposal, verified as one-hot q); \
+             {} of the draft's {} tokens ({:.0}%) are target tokens too, so sampled runs draft among those and verify their q (shared-tokens mode)",
+            c.shared_texts,
+            c.draft_size,
+            100.0 * c.shared_texts as f64 / c.draft_size.max(1) as f64
+        ),
     };
     format!("vocabularies {} → mode {}: {how}", c.relation, c.mode)
+}
+
+/// The head a draft with a truncated vocabulary computes: the `n` ids a frequency table ranks
+/// highest for the draft's tokenizer (the builtin table for the short-name models, or `table`).
+pub fn draft_head(model: &dyn CausalLm, tok: &Tokenizer, n: usize, table: Option<&std::path::Path>) -> Result<HeadSubset> {
+    if n == 0 {
+        bail!("--draft-vocab must be at least 1");
+    }
+    let freq = match table {
+        Some(path) => VocabFrequency::from_json(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?, &path.display().to_string())?,
+        None => VocabFrequency::builtin(tok).with_context(|| {
+            format!("no builtin token-frequency table for the draft's tokenizer ({}): make one with `specdec vocab-freq` and pass --draft-vocab-table", tok.origin())
+        })?,
+    };
+    if !freq.fits(tok) {
+        bail!("the token-frequency table was counted with another tokenizer ({} ids, fingerprint {}) than the draft's ({} ids)", freq.vocab_size, freq.fingerprint, tok.vocab_size());
+    }
+    Ok(model.head_subset(&freq.top(n, tok))?)
 }

@@ -119,6 +119,12 @@ impl CausalLm for Pooled {
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> engine::Result<KvCache> {
         self.model.new_partial_cache(capacity, layers)
     }
+    fn head_subset(&self, ids: &[u32]) -> engine::Result<engine::model::HeadSubset> {
+        self.pool.install(|| self.model.head_subset(ids))
+    }
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &engine::model::HeadSubset) -> engine::Result<Logits> {
+        self.pool.install(|| self.model.forward_subset(tokens, cache, rows, head))
+    }
     fn config(&self) -> &ModelConfig {
         self.model.config()
     }
@@ -223,6 +229,13 @@ pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     }
     let base = config_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let sets = cfg.load_prompts(base)?;
+    // Frequency tables named relative to the config are pinned to absolute paths, so the run
+    // directory's copy of the config (and --resume) finds them.
+    for pair in &mut cfg.pairs {
+        if let Some(table) = pair.draft_vocab_table.as_mut() {
+            *table = base.join(&*table).canonicalize().with_context(|| format!("draft_vocab_table {}", table.display()))?;
+        }
+    }
     let mut run_id = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
     if let Some(s) = opts.shard {
         run_id.push_str(&format!("-shard{}of{}", s.index, s.count));
@@ -350,6 +363,18 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         }
     };
 
+    // Truncated draft vocabularies: each pair's drafting head, made once.
+    let heads: Vec<Option<engine::model::HeadSubset>> = cfg
+        .pairs
+        .iter()
+        .map(|pair| match (pair.draft_vocab, pair.draft_model_label()) {
+            (Some(n), Some(label)) => {
+                let base = label.split('@').next().unwrap_or(&label).to_string();
+                crate::proposers::draft_head(draft_of(&label), &models[&base].tokenizer, n, pair.draft_vocab_table.as_deref()).map(Some)
+            }
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
     // The auto schedule's costs, measured once per pair on this machine (a resumed run keeps
     // the costs it started with, so its rounds keep their rule).
     let mut costs: Vec<Option<engine::speculative::Costs>> = vec![None; cfg.pairs.len()];
@@ -362,7 +387,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             continue;
         }
         let draft = pair.draft_model_label().map(|l| draft_of(&l));
-        let measured = crate::calibrate::measure(&models[&pair.target].model, draft, pair.spec().max_k)?;
+        let measured = crate::calibrate::measure(&models[&pair.target].model, draft, heads[i].as_ref(), pair.spec().max_k)?;
         if !quiet {
             eprintln!("{}: auto schedule costs {}", pair.label(), crate::calibrate::describe(&measured, pair.spec().max_k));
         }
@@ -425,7 +450,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             for w in 0..cfg.warmup {
                 let mut short = g.clone();
                 short.max_new_tokens = g.max_new_tokens.min(16);
-                run_job(&cfg, &sets, &short, job, &models, &vocabs, &costs, &draft_of, &mut encode, w as u64)?;
+                run_job(&cfg, &sets, &short, job, &models, &vocabs, &costs, &heads, &draft_of, &mut encode, w as u64)?;
             }
         }
     }
@@ -443,7 +468,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             }
             bar.set_message(format!("{} · {}/{}", job.cell, sets[g.set].name, sets[g.set].prompts[g.prompt].id));
             let seed = seed_for(cfg.seed, &sets[g.set].name, &sets[g.set].prompts[g.prompt].id, g.repeat);
-            let record = run_job(&cfg, &sets, g, job, &models, &vocabs, &costs, &draft_of, &mut encode, seed)?;
+            let record = run_job(&cfg, &sets, g, job, &models, &vocabs, &costs, &heads, &draft_of, &mut encode, seed)?;
             log.append(&record)?;
             bar.inc(1);
             let live = if record.kind == Kind::Spec { format!("α̂ {:.2} τ {:.2} · ", record.alpha, record.tau) } else { String::new() };
@@ -487,6 +512,7 @@ fn run_job<'m>(
     models: &HashMap<String, Loaded>,
     vocabs: &'m [Option<PairVocab<'m>>],
     costs: &[Option<engine::speculative::Costs>],
+    heads: &'m [Option<engine::model::HeadSubset>],
     draft_of: &dyn Fn(&str) -> &'m dyn CausalLm,
     encode: &mut dyn FnMut(&str, usize, usize) -> Result<Vec<u32>>,
     seed: u64,
@@ -511,10 +537,16 @@ fn run_job<'m>(
             let draft = match (pair.draft_model_label(), &vocabs[index]) {
                 (Some(label), Some(v)) => {
                     let model = draft_of(&label);
-                    proposer_name = proposer_label(v.comparison.mode).to_string();
+                    let mode = match &v.bridge {
+                        Some(bridge) => crate::proposers::cross_vocab_mode(spec.cross_vocab, bridge, &g.sampling),
+                        None => v.comparison.mode,
+                    };
+                    proposer_name = proposer_label(mode).to_string();
                     params = [format!("vocab={}", v.comparison.relation), params].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(",");
                     Some(match (v.comparison.mode, &v.bridge) {
-                        (PairMode::Text, Some(bridge)) => DraftSource::Text { model, bridge, prompt: encode(&label, g.set, g.prompt)? },
+                        (PairMode::Text, Some(bridge)) => {
+                            DraftSource::Text { model, bridge, prompt: encode(&label, g.set, g.prompt)?, shared_tokens: mode == PairMode::SharedTokens }
+                        }
                         (PairMode::ExtendedIds, _) => DraftSource::Extended { model, target_vocab: target.config().vocab_size },
                         _ => DraftSource::Shared(model),
                     })
@@ -523,7 +555,7 @@ fn run_job<'m>(
                 (None, _) => None,
             };
             let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
-            let mut proposer = spec.build(draft, capacity)?;
+            let mut proposer = spec.build(draft, heads[index].as_ref(), capacity)?;
             let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k, costs[index])?, verification: spec.verification };
             let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
             let draft_label = pair.draft_model_label().unwrap_or_default();

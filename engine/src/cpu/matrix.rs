@@ -117,6 +117,22 @@ impl QuantMatrix {
         Ok(QuantMatrix { mode: kernel_mode(), ty, bytes, packed: Arc::default(), out, inp, row_bytes })
     }
 
+    /// The rows `ids` (each below `out`) as a matrix of their own, in this matrix's kernel mode
+    /// (a copy of their blocks: a truncated LM head keeps a fraction of the rows).
+    pub fn select_rows(&self, ids: &[u32]) -> Result<QuantMatrix, String> {
+        let mut bytes = Vec::with_capacity(ids.len() * self.row_bytes);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.out {
+                return Err(format!("row {id} of a matrix of {} rows", self.out));
+            }
+            bytes.extend_from_slice(&self.bytes[id * self.row_bytes..(id + 1) * self.row_bytes]);
+        }
+        let mut w = QuantMatrix::new(self.ty, TensorBytes::Owned(bytes.into()), ids.len(), self.inp)?;
+        w.mode = self.mode;
+        Ok(w)
+    }
+
     /// Readies the matrix for products in its kernel mode: in Q8 mode, repacks it into column
     /// tiles and gives the mapped file pages back to the OS (the tiles replace them; rows read for
     /// lookups fault back in). Models call this at load for every matrix they multiply, so that

@@ -34,6 +34,18 @@ impl Vector {
         }
     }
 
+    /// The entries `ids`, in that order.
+    pub fn select(&self, ids: &[u32]) -> Vector {
+        match self {
+            Vector::Host(v) => Vector::Host(ids.iter().map(|&i| v[i as usize]).collect()),
+            Vector::Device(t) => {
+                let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &t.device());
+                Vector::Device(t.clone().select(0, idx))
+            }
+        }
+    }
+
     fn device(&self) -> &Tensor<1> {
         match self {
             Vector::Device(t) => t,

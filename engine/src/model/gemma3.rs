@@ -9,7 +9,7 @@
 use super::act::{Act, Vector};
 use super::rope::Rope;
 use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
-use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
+use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
@@ -231,8 +231,9 @@ impl Block {
     }
 }
 
-impl CausalLm for Gemma3 {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+impl Gemma3 {
+    /// The final norm's output for the requested rows (the LM head's input).
+    fn hidden(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Act> {
         let c = &self.cfg.base;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("forward needs at least one token".into()));
@@ -255,12 +256,29 @@ impl CausalLm for Gemma3 {
             LogitRows::All => x,
             LogitRows::Last => x.last_row(),
         };
-        let x = x.rms_norm(&self.final_norm, eps);
+        Ok(x.rms_norm(&self.final_norm, eps))
+    }
+}
+
+impl CausalLm for Gemma3 {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        let x = self.hidden(tokens, cache, rows)?;
         let logits = match &self.output {
             Some(head) => head.forward(&x),
             None => self.embed.matmul_t(&x),
         };
         logits_to_host(logits)
+    }
+
+    fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {
+        match &self.output {
+            Some(head) => head.head_subset(ids, self.cfg.base.vocab_size),
+            None => HeadSubset::new(&self.embed, None, ids, self.cfg.base.vocab_size),
+        }
+    }
+
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
+        head.logits(&self.hidden(tokens, cache, rows)?)
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {

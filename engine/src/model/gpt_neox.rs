@@ -6,7 +6,7 @@
 use super::act::{Act, Vector};
 use super::rope::Rope;
 use super::weights::{load_embedding, load_matrix, load_vector};
-use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
+use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
@@ -236,8 +236,9 @@ fn norm(x: Act, (weight, bias): &(Vector, Vector), eps: f64) -> Act {
     x.layer_norm(weight, bias, eps)
 }
 
-impl CausalLm for GptNeox {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+impl GptNeox {
+    /// The final norm's output for the requested rows (the LM head's input).
+    fn hidden(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Act> {
         let c = &self.cfg.base;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("forward needs at least one token".into()));
@@ -264,7 +265,21 @@ impl CausalLm for GptNeox {
             LogitRows::All => x,
             LogitRows::Last => x.last_row(),
         };
-        logits_to_host(self.output.forward(&norm(x, &self.final_norm, eps)))
+        Ok(norm(x, &self.final_norm, eps))
+    }
+}
+
+impl CausalLm for GptNeox {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        logits_to_host(self.output.forward(&self.hidden(tokens, cache, rows)?))
+    }
+
+    fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {
+        self.output.head_subset(ids, self.cfg.base.vocab_size)
+    }
+
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
+        head.logits(&self.hidden(tokens, cache, rows)?)
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {

@@ -5,7 +5,7 @@
 use super::act::{Act, Vector};
 use super::rope::Rope;
 use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
-use super::{logits_to_host, AttentionShape, CausalLm, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
+use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
@@ -156,8 +156,9 @@ impl Block {
     }
 }
 
-impl CausalLm for Llama {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+impl Llama {
+    /// The final norm's output for the requested rows (the LM head's input).
+    fn hidden(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Act> {
         let cfg = &self.cfg;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("forward needs at least one token".into()));
@@ -179,12 +180,29 @@ impl CausalLm for Llama {
             LogitRows::All => x,
             LogitRows::Last => x.last_row(),
         };
-        let x = x.rms_norm(&self.final_norm, cfg.norm_eps);
+        Ok(x.rms_norm(&self.final_norm, cfg.norm_eps))
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        let x = self.hidden(tokens, cache, rows)?;
         let logits = match &self.output {
             Some(head) => head.forward(&x),
             None => self.embed.matmul_t(&x),
         };
         logits_to_host(logits)
+    }
+
+    fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {
+        match &self.output {
+            Some(head) => head.head_subset(ids, self.cfg.vocab_size),
+            None => HeadSubset::new(&self.embed, None, ids, self.cfg.vocab_size),
+        }
+    }
+
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
+        head.logits(&self.hidden(tokens, cache, rows)?)
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {

@@ -54,6 +54,68 @@ pub trait CausalLm: Send + Sync {
     }
 
     fn config(&self) -> &ModelConfig;
+
+    /// The LM head restricted to `ids` (a truncated vocabulary for drafting: only those rows of
+    /// the output layer are computed), for [`forward_subset`](Self::forward_subset). The default
+    /// keeps just the ids (the whole layer is computed and the ids picked from it); the families
+    /// override it with the selected rows of their output layer.
+    fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {
+        HeadSubset::ids_only(ids, self.config().vocab_size)
+    }
+
+    /// [`forward`](Self::forward) with logits for `head`'s ids only, in its order.
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
+        let full = self.forward(tokens, cache, rows)?;
+        let data = (0..full.rows()).flat_map(|r| head.ids().iter().map(move |&id| (r, id))).map(|(r, id)| full.row(r)[id as usize]).collect();
+        Ok(Logits::new(data, full.rows(), head.ids().len()))
+    }
+}
+
+/// An LM head over a subset of the vocabulary: the rows of the output layer for `ids`, made
+/// once (repacked like any matrix) and multiplied instead of the whole layer. Logits come in the
+/// order of `ids`.
+pub struct HeadSubset {
+    ids: Vec<u32>,
+    /// The selected rows, or none where the model computes its logits another way.
+    head: Option<Linear>,
+}
+
+impl HeadSubset {
+    /// The rows `ids` (distinct, below `vocab`) of the head `weight` (and `bias`).
+    fn new(weight: &Matrix, bias: Option<&Vector>, ids: &[u32], vocab: usize) -> Result<Self> {
+        let mut subset = Self::ids_only(ids, vocab)?;
+        subset.head = Some(Linear { weight: weight.select_rows(ids)?, bias: bias.map(|b| b.select(ids)) });
+        Ok(subset)
+    }
+
+    /// The ids alone (distinct, below `vocab`), for a model that picks them from its full logits.
+    pub fn ids_only(ids: &[u32], vocab: usize) -> Result<Self> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("a vocabulary subset needs at least one id".into()));
+        }
+        let mut seen = vec![false; vocab];
+        for &id in ids {
+            match seen.get_mut(id as usize) {
+                None => return Err(Error::InvalidArgument(format!("id {id} of the vocabulary subset is outside the vocabulary of {vocab}"))),
+                Some(true) => return Err(Error::InvalidArgument(format!("id {id} appears twice in the vocabulary subset"))),
+                Some(s) => *s = true,
+            }
+        }
+        Ok(HeadSubset { ids: ids.to_vec(), head: None })
+    }
+
+    /// The token id of each logit, in order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Logits of the subset from the final hidden states `x`.
+    fn logits(&self, x: &Act) -> Result<Logits> {
+        match &self.head {
+            Some(head) => logits_to_host(head.forward(x)),
+            None => Err(Error::InvalidArgument("this vocabulary subset belongs to a model that computes its own logits".into())),
+        }
+    }
 }
 
 /// Self-speculative drafting: the target's first `layers` blocks plus its final norm and LM head,
@@ -76,6 +138,14 @@ impl<'m> LayerSkip<'m> {
 impl CausalLm for LayerSkip<'_> {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
         self.model.forward(tokens, cache, rows)
+    }
+
+    fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {
+        self.model.head_subset(ids)
+    }
+
+    fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
+        self.model.forward_subset(tokens, cache, rows, head)
     }
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
@@ -221,6 +291,27 @@ impl Matrix {
         }
     }
 
+    /// A matrix of the rows `ids` of this one (each below `out`), multiplied the same way.
+    fn select_rows(&self, ids: &[u32]) -> Result<Matrix> {
+        Ok(match self {
+            Matrix::Device(w) => {
+                let idx: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &w.device());
+                Matrix::Device(w.clone().select(0, idx))
+            }
+            Matrix::Host { data, inp, .. } => Matrix::Host {
+                data: ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect(),
+                out: ids.len(),
+                inp: *inp,
+            },
+            Matrix::Quant { w } => {
+                let w = w.select_rows(ids).map_err(Error::InvalidArgument)?;
+                w.prepare();
+                Matrix::Quant { w }
+            }
+        })
+    }
+
     /// Rows `ids` of W (embedding lookup): [ids.len(), in].
     fn gather_rows(&self, ids: &[u32]) -> Act {
         match self {
@@ -244,6 +335,11 @@ struct Linear {
 }
 
 impl Linear {
+    /// The head over `ids` only.
+    fn head_subset(&self, ids: &[u32], vocab: usize) -> Result<HeadSubset> {
+        HeadSubset::new(&self.weight, self.bias.as_ref(), ids, vocab)
+    }
+
     fn forward(&self, x: &Act) -> Act {
         let y = self.weight.matmul_t(x);
         match &self.bias {

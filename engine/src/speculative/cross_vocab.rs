@@ -32,9 +32,10 @@
 //! [`compare_vocabularies`] decides which mode a pair needs: the same ids ([`DraftModel`]), a
 //! target vocabulary extending the draft's ([`ExtendedIds`]), or text ([`CrossVocab`]).
 
+use super::faults::{active, Fault};
 use super::proposer::{top_probability, DraftModel, Proposal, Proposer};
 use crate::error::{Error, Result};
-use crate::model::{CausalLm, KvCache, LogitRows};
+use crate::model::{CausalLm, HeadSubset, KvCache, LogitRows};
 use crate::sampling::{argmax, warp, Probs, Sampler};
 use crate::tokenizer::Tokenizer;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +68,10 @@ pub enum PairMode {
     ExtendedIds,
     /// [`CrossVocab`]: text re-encoded with the target's tokenizer, a deterministic proposal.
     Text,
+    /// [`CrossVocab::with_shared_tokens`]: the draft samples among its tokens whose text is a
+    /// target token, and that distribution, moved onto the target's ids, is verified by rejection
+    /// sampling (token-level intersection, Timor et al. 2025).
+    SharedTokens,
 }
 
 impl std::fmt::Display for VocabRelation {
@@ -85,6 +90,7 @@ impl std::fmt::Display for PairMode {
             PairMode::SharedIds => "shared-ids",
             PairMode::ExtendedIds => "extended-ids",
             PairMode::Text => "text",
+            PairMode::SharedTokens => "shared-tokens",
         })
     }
 }
@@ -171,6 +177,12 @@ impl<'m> ExtendedIds<'m> {
     pub fn new(model: &'m dyn CausalLm, capacity: usize, target_vocab: usize) -> Result<Self> {
         let draft_vocab = model.config().vocab_size;
         Ok(ExtendedIds { inner: DraftModel::new(model, capacity)?, draft_vocab, target_vocab, checked: 0, blind: false })
+    }
+
+    /// Drafts from a truncated vocabulary ([`DraftModel::with_head_subset`]).
+    pub fn with_head_subset(mut self, head: &'m HeadSubset) -> Self {
+        self.inner = self.inner.with_head_subset(head);
+        self
     }
 
     /// Whether the draft has stopped because the context holds an id it cannot read.
@@ -525,6 +537,9 @@ pub struct TextBridge<'t> {
     pub target: Codec<'t>,
     to_draft: HashMap<u32, u32>,
     to_target: HashMap<u32, u32>,
+    /// For each draft id: the target id of the same token (same bytes, or a special token mapped
+    /// by literal or role), if the target has one.
+    shared: Vec<Option<u32>>,
 }
 
 /// For each special token of `from`: the special token of `to` with the same text, else the one
@@ -554,12 +569,25 @@ fn special_map(from: &Tokenizer, to: &Tokenizer) -> HashMap<u32, u32> {
 
 impl<'t> TextBridge<'t> {
     pub fn new(draft: &'t Tokenizer, target: &'t Tokenizer) -> Self {
-        TextBridge {
-            to_draft: special_map(target, draft),
-            to_target: special_map(draft, target),
-            draft: Codec::new(draft),
-            target: Codec::new(target),
-        }
+        let to_target = special_map(draft, target);
+        let by_text: HashMap<&[u8], u32> = (0..target.vocab_size() as u32).filter_map(|i| target.token_bytes(i).map(|b| (b, i))).collect();
+        let shared = (0..draft.vocab_size() as u32)
+            .map(|i| match draft.token_bytes(i) {
+                Some(bytes) => by_text.get(bytes).copied(),
+                None => to_target.get(&i).copied(),
+            })
+            .collect();
+        TextBridge { to_draft: special_map(target, draft), to_target, draft: Codec::new(draft), target: Codec::new(target), shared }
+    }
+
+    /// The target id of the draft token `draft_id`, when the target has the same token.
+    pub fn shared_token(&self, draft_id: u32) -> Option<u32> {
+        self.shared.get(draft_id as usize).copied().flatten()
+    }
+
+    /// How many draft tokens the target shares.
+    pub fn shared_tokens(&self) -> usize {
+        self.shared.iter().filter(|t| t.is_some()).count()
     }
 
     /// The target special token standing for a draft special token, if any.
@@ -677,6 +705,11 @@ pub struct CrossVocab<'m> {
     prefix_anchor: Vec<u8>,
     trailing: Trailing,
     confidence_stop: Option<f32>,
+    /// A truncated draft vocabulary: logits for these draft ids only.
+    head: Option<&'m HeadSubset>,
+    /// Draft among the tokens the target shares and hand over q (token-level intersection)
+    /// instead of re-encoded text.
+    shared_tokens: bool,
     steps: usize,
     stats: CrossVocabStats,
 }
@@ -696,6 +729,8 @@ impl<'m> CrossVocab<'m> {
             prefix_anchor: Vec::new(),
             trailing: Trailing::default(),
             confidence_stop: None,
+            head: None,
+            shared_tokens: false,
             steps: 0,
             stats: CrossVocabStats::default(),
         })
@@ -720,8 +755,83 @@ impl<'m> CrossVocab<'m> {
         self
     }
 
+    /// Drafts among a truncated vocabulary of the draft's ids (its proposals are one-hot text,
+    /// so nothing about verification changes; the draft's steps get cheaper).
+    pub fn with_head_subset(mut self, head: &'m HeadSubset) -> Self {
+        self.head = Some(head);
+        self
+    }
+
+    /// Token-level intersection ([`PairMode::SharedTokens`]): each drafted token is drawn from
+    /// the draft's distribution restricted to the tokens the target shares (renormalised), and
+    /// that distribution, moved onto the target's ids, is the q verification checks — exact for
+    /// sampled decoding, and free of the text mode's word boundaries.
+    pub fn with_shared_tokens(mut self) -> Self {
+        self.shared_tokens = true;
+        self
+    }
+
     pub fn stats(&self) -> &CrossVocabStats {
         &self.stats
+    }
+
+    /// The draft id at position `j` of a logit row.
+    fn draft_id(&self, j: u32) -> u32 {
+        self.head.map_or(j, |h| h.ids()[j as usize])
+    }
+
+    /// Shared-token drafting (see [`with_shared_tokens`](Self::with_shared_tokens)) from the
+    /// logits `row` of the draft's context.
+    fn propose_shared(&mut self, mut row: Vec<f32>, k: usize, sampler: &mut Sampler) -> Result<Proposal> {
+        let params = *sampler.params();
+        let vocab = self.bridge.target.tokenizer().vocab_size();
+        let unrenormalized = active(Fault::UnrenormalizedQ);
+        let (mut tokens, mut probs) = (Vec::with_capacity(k), Vec::with_capacity(k));
+        for i in 0..k {
+            // The deliberate fault keeps the distribution from before the restriction to report.
+            let before = unrenormalized.then(|| warp(&row, &params));
+            for (j, x) in row.iter_mut().enumerate() {
+                if self.bridge.shared_token(self.draft_id(j as u32)).is_none() {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            if row.iter().all(|x| *x == f32::NEG_INFINITY) || self.confidence_stop.is_some_and(|t| top_probability(&row) < t) {
+                break;
+            }
+            let q = warp(&row, &params);
+            let j = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            let d = self.draft_id(j);
+            let t = self.bridge.shared_token(d).expect("only shared tokens have probability");
+            let mut full = vec![0f32; vocab];
+            for (j, &p) in q.as_slice().iter().enumerate() {
+                if p > 0.0 {
+                    let at = self.bridge.shared_token(self.draft_id(j as u32)).expect("masked above");
+                    full[at as usize] = before.as_ref().map_or(p, |b| b.as_slice()[j]);
+                }
+            }
+            tokens.push(t);
+            probs.push(Probs::from_normalized(full));
+            self.stats.drafted += 1;
+            if i + 1 < k {
+                row = self.forward_last(&[d])?;
+                self.seen.push(d);
+            }
+        }
+        self.stats.proposed += tokens.len() as u64;
+        if tokens.is_empty() {
+            self.stats.no_draft += 1;
+        }
+        Ok(Proposal { tokens, probs: Some(probs) })
+    }
+
+    /// One draft forward: logits of the last position, over the head subset's ids if any.
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = match self.head {
+            Some(head) => self.model.forward_subset(tokens, &mut self.cache, LogitRows::Last, head)?,
+            None => self.model.forward(tokens, &mut self.cache, LogitRows::Last)?,
+        };
+        self.steps += 1;
+        Ok(logits.last().to_vec())
     }
 
     /// The draft's ids for the target context `context`.
@@ -738,13 +848,12 @@ impl<'m> CrossVocab<'m> {
         let keep = common.min(ctx.len() - 1).min(self.cache.len());
         self.cache.truncate(keep);
         self.seen.truncate(keep);
-        let feed = &ctx[keep..];
-        let logits = self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
-        self.steps += 1;
+        let feed = ctx[keep..].to_vec();
+        let row = self.forward_last(&feed)?;
         self.stats.reused += keep as u64;
         self.stats.synced += feed.len() as u64;
-        self.seen.extend_from_slice(feed);
-        Ok(logits.last().to_vec())
+        self.seen.extend_from_slice(&feed);
+        Ok(row)
     }
 }
 
@@ -761,7 +870,10 @@ impl Proposer for CrossVocab<'_> {
         // Everything but the last token: the first round feeds it and drafts from its logits.
         if self.prefix.len() > 1 && self.prefix.len() < self.cache.capacity() {
             let head = &self.prefix[..self.prefix.len() - 1];
-            self.model.forward(head, &mut self.cache, LogitRows::Last)?;
+            match self.head {
+                Some(subset) => self.model.forward_subset(head, &mut self.cache, LogitRows::Last, subset)?,
+                None => self.model.forward(head, &mut self.cache, LogitRows::Last)?,
+            };
             self.seen = head.to_vec();
         }
         Ok(())
@@ -784,13 +896,17 @@ impl Proposer for CrossVocab<'_> {
         }
         let params = *sampler.params();
         let mut row = self.catch_up(&ctx)?;
+        if self.shared_tokens {
+            return self.propose_shared(row, k, sampler);
+        }
         let mut text: Vec<u8> = Vec::new();
         let mut end = None;
         for i in 0..k {
             if self.confidence_stop.is_some_and(|t| top_probability(&row) < t) {
                 break;
             }
-            let d = if params.is_greedy() { argmax(&row) } else { warp(&row, &params).sample(sampler.uniform()) };
+            let j = if params.is_greedy() { argmax(&row) } else { warp(&row, &params).sample(sampler.uniform()) };
+            let d = self.head.map_or(j, |h| h.ids()[j as usize]);
             self.stats.drafted += 1;
             match self.bridge.draft.piece(d) {
                 Some(piece) => text.extend_from_slice(piece),
@@ -801,10 +917,8 @@ impl Proposer for CrossVocab<'_> {
                 }
             }
             if i + 1 < k {
-                let logits = self.model.forward(&[d], &mut self.cache, LogitRows::Last)?;
-                self.steps += 1;
+                row = self.forward_last(&[d])?;
                 self.seen.push(d);
-                row = logits.last().to_vec();
             }
         }
         let rules = ProposalRules { k, trailing: self.trailing, anchor_tokens: 8 };

@@ -15,10 +15,12 @@ pub enum Fault {
     /// Block verification: draw the correction from norm(max(0, p − q)), forgetting the block's
     /// weight.
     BlockWithoutWeight,
-    /// A draft restricted to part of its vocabulary (a truncated head, or the ids another
-    /// tokenizer shares) samples from the restricted distribution but reports the unrestricted
-    /// one as q.
-    UnrestrictedQ,
+    /// A draft with a truncated head samples correctly but writes q at the positions of its
+    /// restricted list instead of at the tokens' ids.
+    SubsetIndexAsId,
+    /// Shared-token drafting samples among the shared tokens but reports the draft's
+    /// probabilities from before the restriction (not renormalised over the shared tokens).
+    UnrenormalizedQ,
 }
 
 thread_local! {

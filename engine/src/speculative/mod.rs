@@ -30,6 +30,7 @@
 
 mod cross_vocab;
 mod decoder;
+mod draft_vocab;
 pub mod faults;
 mod ngram;
 mod proposer;
@@ -41,6 +42,7 @@ pub use cross_vocab::{
     ExtendedIds, PairMode, ProposalOutcome, ProposalRules, TextBridge, TextCodec, TextProposal, Trailing, VocabComparison,
     VocabRelation,
 };
+pub use draft_vocab::VocabFrequency;
 pub use decoder::{continue_speculative, generate_speculative, generate_speculative_constrained, SpecConfig, SpecGeneration, SpecMetrics, Verification};
 pub use ngram::NGram;
 pub use proposer::{DraftModel, Proposal, Proposer};

@@ -1,9 +1,10 @@
 //! Proposers: anything that can guess the next k tokens. A draft model returns the distributions it
 //! sampled from (its q); deterministic proposers return none and are verified as one-hot q.
 
+use super::faults::{active, Fault};
 use crate::constraint::Constrained;
 use crate::error::Result;
-use crate::model::{CausalLm, KvCache, LogitRows};
+use crate::model::{CausalLm, HeadSubset, KvCache, LogitRows};
 use crate::sampling::{argmax, warp, Probs, Sampler};
 
 /// Up to k proposed tokens, and the draft distribution each was sampled from (if any).
@@ -82,11 +83,13 @@ pub struct DraftModel<'m> {
     confidence_stop: Option<f32>,
     /// Positions the last prefill found already cached.
     reused: usize,
+    /// A truncated vocabulary: the head computes only these ids and the draft samples among them.
+    head: Option<&'m HeadSubset>,
 }
 
 impl<'m> DraftModel<'m> {
     pub fn new(model: &'m dyn CausalLm, capacity: usize) -> Result<Self> {
-        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0, confidence_stop: None, reused: 0 })
+        Ok(DraftModel { cache: model.new_cache(capacity)?, model, seen: Vec::new(), steps: 0, confidence_stop: None, reused: 0, head: None })
     }
 
     /// Ends each draft early at the first position where the draft model's top probability is
@@ -94,6 +97,47 @@ impl<'m> DraftModel<'m> {
     pub fn with_confidence_stop(mut self, threshold: f32) -> Self {
         self.confidence_stop = Some(threshold);
         self
+    }
+
+    /// Drafts from a truncated vocabulary: the output layer computes only `head`'s ids (made by
+    /// the draft model's [`CausalLm::head_subset`]), the draft's distribution is the warped
+    /// distribution over those ids alone, and q is that distribution (zero elsewhere) — so
+    /// verification stays exact while the draft's largest matrix shrinks.
+    pub fn with_head_subset(mut self, head: &'m HeadSubset) -> Self {
+        self.head = Some(head);
+        self
+    }
+
+    /// One forward, logits of the last position: over the head subset's ids if there is one.
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = match self.head {
+            Some(head) => self.model.forward_subset(tokens, &mut self.cache, LogitRows::Last, head)?,
+            None => self.model.forward(tokens, &mut self.cache, LogitRows::Last)?,
+        };
+        self.steps += 1;
+        Ok(logits.last().to_vec())
+    }
+
+    /// The draft's q over the whole vocabulary for a distribution `local` over the logit row's
+    /// positions (the head subset's ids, or the vocabulary itself).
+    fn full_q(&self, local: Probs) -> Probs {
+        match self.head {
+            None => local,
+            Some(head) => {
+                let mut q = vec![0f32; self.model.config().vocab_size];
+                // The deliberate fault writes probabilities at subset positions, not their ids.
+                let index_as_id = active(Fault::SubsetIndexAsId);
+                for (j, (&id, &p)) in head.ids().iter().zip(local.as_slice()).enumerate() {
+                    q[if index_as_id { j } else { id as usize }] = p;
+                }
+                Probs::from_normalized(q)
+            }
+        }
+    }
+
+    /// The token id at position `j` of a logit row.
+    fn token_at(&self, j: u32) -> u32 {
+        self.head.map_or(j, |h| h.ids()[j as usize])
     }
 
     /// Truncates the cache to the longest prefix it shares with `context`, at most `limit`.
@@ -109,11 +153,9 @@ impl<'m> DraftModel<'m> {
     fn catch_up(&mut self, context: &[u32]) -> Result<Vec<f32>> {
         // Always re-feed at least the last token so there are logits to draft from.
         let keep = self.keep_common_prefix(context, context.len().saturating_sub(1));
-        let feed = &context[keep..];
-        let logits = self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
-        self.steps += 1;
-        self.seen.extend_from_slice(feed);
-        Ok(logits.last().to_vec())
+        let row = self.forward_last(&context[keep..])?;
+        self.seen.extend_from_slice(&context[keep..]);
+        Ok(row)
     }
 
     /// Drafts up to `k` tokens, each from the warped (and, under a constraint, masked) row.
@@ -127,7 +169,22 @@ impl<'m> DraftModel<'m> {
         let mut probs = Vec::with_capacity(k);
         for i in 0..k {
             if let Some(c) = constraint.as_deref_mut() {
-                c.apply(&mut row)?;
+                match self.head {
+                    None => c.apply(&mut row)?,
+                    Some(head) => {
+                        let mask = c.mask()?;
+                        for (x, &id) in row.iter_mut().zip(head.ids()) {
+                            if !mask.allows(id) {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                        // Nothing the constraint allows is in the draft's vocabulary: propose
+                        // what there is (the target decodes the rest alone).
+                        if row.iter().all(|x| *x == f32::NEG_INFINITY) {
+                            break;
+                        }
+                    }
+                }
             }
             if let Some(threshold) = self.confidence_stop {
                 if top_probability(&row) < threshold {
@@ -135,9 +192,10 @@ impl<'m> DraftModel<'m> {
                 }
             }
             let q = warp(&row, &params);
-            let d = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            let j = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            let d = self.token_at(j);
             tokens.push(d);
-            probs.push(q);
+            probs.push(self.full_q(q));
             if let Some(c) = constraint.as_deref_mut() {
                 c.advance(d)?;
                 if c.is_finished() {
@@ -145,10 +203,8 @@ impl<'m> DraftModel<'m> {
                 }
             }
             if i + 1 < k {
-                let logits = self.model.forward(&[d], &mut self.cache, LogitRows::Last)?;
-                self.steps += 1;
+                row = self.forward_last(&[d])?;
                 self.seen.push(d);
-                row = logits.last().to_vec();
             }
         }
         if let Some(c) = constraint {
@@ -173,7 +229,11 @@ impl Proposer for DraftModel<'_> {
         self.reused = self.keep_common_prefix(context, limit);
         if limit > self.reused {
             let feed = &context[self.reused..limit];
-            self.model.forward(feed, &mut self.cache, LogitRows::Last)?;
+            // Prefill's logits are not used: the subset head (if any) is the cheaper one.
+            match self.head {
+                Some(head) => self.model.forward_subset(feed, &mut self.cache, LogitRows::Last, head)?,
+                None => self.model.forward(feed, &mut self.cache, LogitRows::Last)?,
+            };
             self.seen.extend_from_slice(feed);
         }
         Ok(())
