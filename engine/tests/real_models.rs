@@ -1,7 +1,8 @@
 //! Real GGUF models against transformers (which dequantizes the same GGUF to f32): greedy
 //! continuations must agree token for token for 32 tokens, or up to the first step where the
 //! reference's top-2 logit margin is below 0.5 (near-ties legitimately flip under different
-//! arithmetic, DESIGN.md §5). References: scripts/make_real_references.py. Gemma-3-270m's last
+//! arithmetic: llama.cpp parts from transformers where the top-2 logits are 0.07–0.22 apart).
+//! References: scripts/make_real_references.py. Gemma-3-270m's last
 //! reference prompt (~900 tokens) is longer than its 512-position sliding window.
 
 mod common;

@@ -57,7 +57,7 @@ pub fn measure(target: &dyn CausalLm, draft: Option<&dyn CausalLm>, head: Option
     sizes.push(top);
     let mut curve = vec![(1, 1.0)];
     for n in sizes.into_iter().filter(|&n| n > 1) {
-        curve.push((n, forward_time(target, None, n, 3)? / one));
+        curve.push((n, forward_time(target, None, n, 5)? / one));
     }
     let c = match draft {
         Some(d) => forward_time(d, head, 1, 5)? / one,

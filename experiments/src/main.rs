@@ -443,7 +443,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
             "c": c,
             "verify_cost": if target_step_s > 0.0 { m.verify_call_s() / target_step_s } else { 0.0 },
             "predicted_speedup": predicted_speedup(m.alpha_verified(), k_used, c),
-            // The sharper form with the measured verification cost v instead of 1 (DESIGN.md §4).
+            // The sharper form with the measured verification cost v instead of 1 (docs/DESIGN.md §4).
             "predicted_speedup_measured_v": if target_step_s > 0.0 {
                 expected_tokens(m.alpha_verified(), k_used) / (k_used as f64 * c + m.verify_call_s() / target_step_s)
             } else {

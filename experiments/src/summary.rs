@@ -1,4 +1,4 @@
-//! Per-cell summaries of a run's records (DESIGN.md §4): means with Student-t 95% confidence
+//! Per-cell summaries of a run's records (docs/DESIGN.md §4): means with Student-t 95% confidence
 //! intervals over prompts × repeats, the measured speedup against target-only decoding of the same
 //! prompts, α̂, τ, the cost ratio c, Leviathan's predicted speedup and how far the measurement is
 //! from it. Pure functions of the records: `specdec summarize` recomputes everything.

@@ -163,7 +163,7 @@ fn real_model_replies_end_at_the_end_of_turn_token_and_print_no_special_tokens()
     }
     let input = "What is 2 + 2? Answer with one number only.\nAnd 3 + 3?\n/stats\n";
     let base = ["--model", "qwen2.5-coder-0.5b", "--max-new-tokens", "48", "--threads", "2"];
-    let args: Vec<&str> = base.iter().copied().chain(["--json", "--draft", "qwen2.5-coder-0.5b", "--k", "3"]).collect();
+    let args: Vec<&str> = base.iter().copied().chain(["--json", "--draft", "qwen2.5-coder-0.5b", "--k", "3", "--schedule", "fixed"]).collect();
     let o = chat(&args, input);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines = json_lines(&o);

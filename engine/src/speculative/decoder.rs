@@ -79,7 +79,7 @@ impl std::fmt::Display for Verification {
     }
 }
 
-/// Counters and timings of one speculative generation (decode phase), DESIGN.md §4.
+/// Counters and timings of one speculative generation (decode phase), docs/DESIGN.md §4.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct SpecMetrics {
     /// D: drafted tokens.

@@ -30,7 +30,7 @@ pub struct VocabFrequency {
 }
 
 /// Builtin tables, by tokenizer fingerprint.
-const BUILTIN: &[&str] = &[];
+const BUILTIN: &[&str] = &[include_str!("../../data/vocab/qwen2.5.json"), include_str!("../../data/vocab/smollm2.json"), include_str!("../../data/vocab/gemma3.json")];
 
 impl VocabFrequency {
     /// Counts `sources` — each a name and its texts' token ids, given equal weight whatever its

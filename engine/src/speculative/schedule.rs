@@ -38,7 +38,7 @@ pub struct Costs {
 
 impl Costs {
     /// Costs from c and the verification curve measured at some sizes (n, v(n)), interpolated
-    /// linearly between them and extended along the last segment's slope (never below v(1) = 1).
+    /// linearly between them, extended along the last segment's slope, and made non-decreasing.
     pub fn from_curve(draft_step: f64, measured: &[(usize, f64)]) -> Self {
         let mut points: Vec<(f64, f64)> = std::iter::once((1.0, 1.0)).chain(measured.iter().filter(|(n, _)| *n > 1).map(|&(n, v)| (n as f64, v))).collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -48,7 +48,12 @@ impl Costs {
             let (a, b) = if i + 1 < points.len() { (points[i], points[i + 1]) } else if i > 0 { (points[i - 1], points[i]) } else { return 1.0 + (n - 1.0) };
             (a.1 + (b.1 - a.1) * (n - a.0) / (b.0 - a.0)).max(1.0)
         };
-        Costs { draft_step: draft_step.max(0.0), verify: std::array::from_fn(|i| if i == 0 { 1.0 } else { at((i + 1) as f64) }) }
+        // A forward over more tokens never costs less: timing noise is not allowed to say so.
+        let mut verify: [f64; MAX_AUTO_K + 1] = std::array::from_fn(|i| if i == 0 { 1.0 } else { at((i + 1) as f64) });
+        for i in 1..verify.len() {
+            verify[i] = verify[i].max(verify[i - 1]);
+        }
+        Costs { draft_step: draft_step.max(0.0), verify }
     }
 
     /// v(n), for 1 ≤ n ≤ 17.
