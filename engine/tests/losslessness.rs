@@ -120,13 +120,7 @@ fn speculative_sequences_follow_the_target_distribution() {
 fn adversarial_drafts_stay_lossless() {
     let t = target();
     // q ≫ p: the draft piles its mass on the target's least likely tokens.
-    let skewed = Markov::from_probs(&[
-        &[0.90, 0.01, 0.01, 0.01, 0.07],
-        &[0.01, 0.90, 0.01, 0.07, 0.01],
-        &[0.01, 0.01, 0.01, 0.07, 0.90],
-        &[0.90, 0.07, 0.01, 0.01, 0.01],
-        &[0.01, 0.90, 0.07, 0.01, 0.01],
-    ]);
+    let skewed = skewed_draft();
     assert!(sequence_test(&t, &skewed, 3, SamplingParams::with_temperature(1.0), 3) > MIN_P);
     // Disjoint supports after top-k = 2: the draft never proposes what the target would keep.
     let disjoint = Markov::from_probs(&[
@@ -262,6 +256,17 @@ fn acceptance_count_matches_the_expected_acceptance_probabilities() {
     assert!((tau - tau_formula).abs() / tau_formula < 0.15, "τ {tau} vs formula {tau_formula}");
 }
 
+/// A draft that piles its mass on the target's least likely tokens (q ≫ p).
+fn skewed_draft() -> Markov {
+    Markov::from_probs(&[
+        &[0.90, 0.01, 0.01, 0.01, 0.07],
+        &[0.01, 0.90, 0.01, 0.07, 0.01],
+        &[0.01, 0.01, 0.01, 0.07, 0.90],
+        &[0.90, 0.07, 0.01, 0.01, 0.01],
+        &[0.01, 0.90, 0.07, 0.01, 0.01],
+    ])
+}
+
 /// The auto schedule with costs of this machine's shape (c 0.2, v growing 0.1 per token).
 fn auto() -> Schedule {
     Schedule::Auto { max: 6, costs: Costs::from_curve(0.2, &[(2, 1.1), (5, 1.4), (9, 1.8)]) }
@@ -346,13 +351,7 @@ fn a_draft_with_another_vocabulary_is_a_typed_error_not_a_panic() {
 #[test]
 fn block_verification_is_lossless_and_its_broken_twin_is_caught() {
     let t = target();
-    let skewed = Markov::from_probs(&[
-        &[0.90, 0.01, 0.01, 0.01, 0.07],
-        &[0.01, 0.90, 0.01, 0.07, 0.01],
-        &[0.01, 0.01, 0.01, 0.07, 0.90],
-        &[0.90, 0.07, 0.01, 0.01, 0.01],
-        &[0.01, 0.90, 0.07, 0.01, 0.01],
-    ]);
+    let skewed = skewed_draft();
     // Seven tokens: after the first (sampled at prefill) the rounds draft up to k = 3; the χ²
     // cells are the last three.
     let block = |d: &Markov, k: usize, params: SamplingParams| {

@@ -30,10 +30,7 @@ fn forward_time(model: &dyn CausalLm, head: Option<&HeadSubset>, n: usize, runs:
     let tokens: Vec<u32> = (0..(CONTEXT + n) as u32).map(|i| (i * 7919 + 11) % vocab).collect();
     let mut cache = model.new_cache(CONTEXT + n)?;
     let forward = |tokens: &[u32], cache: &mut engine::model::KvCache, rows| -> Result<()> {
-        match head {
-            Some(h) => model.forward_subset(tokens, cache, rows, h)?,
-            None => model.forward(tokens, cache, rows)?,
-        };
+        model.forward_head(tokens, cache, rows, head)?;
         Ok(())
     };
     forward(&tokens[..CONTEXT], &mut cache, LogitRows::Last)?;

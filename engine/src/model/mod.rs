@@ -63,6 +63,14 @@ pub trait CausalLm: Send + Sync {
         HeadSubset::ids_only(ids, self.config().vocab_size)
     }
 
+    /// [`forward_subset`](Self::forward_subset) with `head`, or [`forward`](Self::forward) without.
+    fn forward_head(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: Option<&HeadSubset>) -> Result<Logits> {
+        match head {
+            Some(head) => self.forward_subset(tokens, cache, rows, head),
+            None => self.forward(tokens, cache, rows),
+        }
+    }
+
     /// [`forward`](Self::forward) with logits for `head`'s ids only, in its order.
     fn forward_subset(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows, head: &HeadSubset) -> Result<Logits> {
         let full = self.forward(tokens, cache, rows)?;

@@ -826,10 +826,7 @@ impl<'m> CrossVocab<'m> {
 
     /// One draft forward: logits of the last position, over the head subset's ids if any.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = match self.head {
-            Some(head) => self.model.forward_subset(tokens, &mut self.cache, LogitRows::Last, head)?,
-            None => self.model.forward(tokens, &mut self.cache, LogitRows::Last)?,
-        };
+        let logits = self.model.forward_head(tokens, &mut self.cache, LogitRows::Last, self.head)?;
         self.steps += 1;
         Ok(logits.last().to_vec())
     }
@@ -870,10 +867,7 @@ impl Proposer for CrossVocab<'_> {
         // Everything but the last token: the first round feeds it and drafts from its logits.
         if self.prefix.len() > 1 && self.prefix.len() < self.cache.capacity() {
             let head = &self.prefix[..self.prefix.len() - 1];
-            match self.head {
-                Some(subset) => self.model.forward_subset(head, &mut self.cache, LogitRows::Last, subset)?,
-                None => self.model.forward(head, &mut self.cache, LogitRows::Last)?,
-            };
+            self.model.forward_head(head, &mut self.cache, LogitRows::Last, self.head)?;
             self.seen = head.to_vec();
         }
         Ok(())

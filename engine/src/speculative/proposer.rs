@@ -110,10 +110,7 @@ impl<'m> DraftModel<'m> {
 
     /// One forward, logits of the last position: over the head subset's ids if there is one.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = match self.head {
-            Some(head) => self.model.forward_subset(tokens, &mut self.cache, LogitRows::Last, head)?,
-            None => self.model.forward(tokens, &mut self.cache, LogitRows::Last)?,
-        };
+        let logits = self.model.forward_head(tokens, &mut self.cache, LogitRows::Last, self.head)?;
         self.steps += 1;
         Ok(logits.last().to_vec())
     }
@@ -230,10 +227,7 @@ impl Proposer for DraftModel<'_> {
         if limit > self.reused {
             let feed = &context[self.reused..limit];
             // Prefill's logits are not used: the subset head (if any) is the cheaper one.
-            match self.head {
-                Some(head) => self.model.forward_subset(feed, &mut self.cache, LogitRows::Last, head)?,
-                None => self.model.forward(feed, &mut self.cache, LogitRows::Last)?,
-            };
+            self.model.forward_head(feed, &mut self.cache, LogitRows::Last, self.head)?;
             self.seen.extend_from_slice(feed);
         }
         Ok(())
