@@ -27,17 +27,18 @@ impl Default for GenerationConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     Eos,
+    #[default]
     MaxTokens,
     /// The constraint's text is complete (nothing may follow).
     Constraint,
 }
 
 /// One finished generation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,

@@ -214,6 +214,10 @@ pub struct Prompt {
     /// Words a good answer contains (for quality checks; not used for timing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keywords: Vec<String>,
+    /// Follow-up user turns, each asked after the model's own answer to the one before
+    /// (Spec-Bench's multi-turn questions); a record covers all turns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub turns: Vec<String>,
 }
 
 /// A prompt set with its prompts loaded.
@@ -418,7 +422,40 @@ impl ExperimentConfig {
     }
 }
 
-/// Reads a JSONL prompt file; a bad line is an error naming the file and line.
+/// A line of Spec-Bench's `question.jsonl` (MT-bench's layout): a numbered question of a
+/// category, asked in one or more turns.
+#[derive(Deserialize)]
+struct SpecBenchQuestion {
+    question_id: serde_json::Value,
+    category: String,
+    turns: Vec<String>,
+    #[serde(default)]
+    reference: Vec<String>,
+}
+
+impl SpecBenchQuestion {
+    fn into_prompt(self) -> Result<Prompt> {
+        let id = match self.question_id {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            other => bail!("question_id must be a number or a string, not {other}"),
+        };
+        let mut turns = self.turns.into_iter();
+        let prompt = turns.next().context("a question needs at least one turn")?;
+        Ok(Prompt {
+            id,
+            category: self.category,
+            prompt,
+            messages: None,
+            answer: self.reference.into_iter().next(),
+            keywords: vec![],
+            turns: turns.collect(),
+        })
+    }
+}
+
+/// Reads a JSONL prompt file — this project's prompt objects or Spec-Bench questions
+/// (`question_id`, `category`, `turns`) — where a bad line is an error naming the file and line.
 pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut prompts: Vec<Prompt> = Vec::new();
@@ -426,7 +463,13 @@ pub fn read_prompts(path: &Path) -> Result<Vec<Prompt>> {
         if line.trim().is_empty() {
             continue;
         }
-        let p: Prompt = serde_json::from_str(line).with_context(|| format!("{}:{}: not a prompt object", path.display(), i + 1))?;
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let value: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let p: Prompt = if value.get("question_id").is_some() {
+            serde_json::from_value::<SpecBenchQuestion>(value).with_context(|| format!("{}: not a Spec-Bench question", at()))?.into_prompt().with_context(at)?
+        } else {
+            serde_json::from_value(value).with_context(|| format!("{}: not a prompt object", at()))?
+        };
         if prompts.iter().any(|q| q.id == p.id) {
             bail!("{}:{}: duplicate prompt id {:?}", path.display(), i + 1, p.id);
         }
@@ -470,6 +513,35 @@ max_new_tokens = [8]
 [[prompts]]
 file = "p.jsonl"
 "#;
+
+    #[test]
+    fn spec_bench_questions_read_as_prompts() {
+        let dir = std::env::temp_dir().join(format!("specdec-spec-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("question.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it about snow."]}"#,
+                "\n",
+                r#"{"question_id": "qa-1", "category": "qa", "turns": ["What is 2 + 2?"], "reference": ["4"]}"#,
+                "\n",
+                r#"{"id": "own", "category": "code", "prompt": "def f():"}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let p = read_prompts(&path).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!((p[0].id.as_str(), p[0].category.as_str(), p[0].prompt.as_str()), ("81", "writing", "Write a haiku about rain."));
+        assert_eq!(p[0].turns, vec!["Now make it about snow.".to_string()]);
+        assert_eq!((p[1].id.as_str(), p[1].answer.as_deref(), p[1].turns.len()), ("qa-1", Some("4"), 0));
+        assert_eq!((p[2].id.as_str(), p[2].turns.len()), ("own", 0));
+        std::fs::write(&path, r#"{"question_id": 1, "category": "x", "turns": []}"#).unwrap();
+        let err = format!("{:#}", read_prompts(&path).unwrap_err());
+        assert!(err.contains("question.jsonl:1") && err.contains("at least one turn"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

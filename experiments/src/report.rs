@@ -4,7 +4,7 @@
 use crate::config::{ExperimentConfig, PromptSet};
 use crate::records::{read_records, Record};
 use crate::runner::{now, planned_keys, Manifest};
-use crate::summary::{best_k, summarize, table, write_csv, CellSummary};
+use crate::summary::{best_k, per_category, summarize, table, write_csv, CellSummary};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -50,6 +50,14 @@ fn report(cells: &[CellSummary], records: &[Record], manifest: Option<&Manifest>
         md.push_str("## Best k\n\n| pair | prompt set | T | best k | speedup |\n|---|---|---|---|---|\n");
         for (pair, set, t, k, s) in best {
             md.push_str(&format!("| {pair} | {set} | {t} | {k} | {s:.2}× |\n"));
+        }
+        md.push('\n');
+    }
+    let categories = per_category(records);
+    if categories.iter().map(|c| &c.category).collect::<HashSet<_>>().len() > 1 {
+        md.push_str("## Per category\n\nSpec-Bench's terms: speedup over target-only decoding of the same prompts (mean ± 95% CI) and mean tokens per target call τ (\"mean accepted tokens\").\n\n| pair | schedule | k | T | category | prompts | speedup | τ |\n|---|---|---|---|---|---|---|---|\n");
+        for c in &categories {
+            md.push_str(&format!("| {} | {} | {} | {} | {} | {} | {}× | {:.2} |\n", c.pair, c.schedule, c.k, c.temperature, c.category, c.records, c.speedup.show(2), c.tau));
         }
         md.push('\n');
     }

@@ -521,48 +521,75 @@ fn run_job<'m>(
     let prompt = &set.prompts[g.prompt];
     let gen = GenerationConfig { max_new_tokens: g.max_new_tokens, sampling: g.sampling, seed, stop_at_eos: !cfg.ignore_eos };
     let base_model = job.model.split('@').next().unwrap_or(&job.model);
-    let ids = encode(base_model, g.set, g.prompt)?;
-    let eos = models[base_model].tokenizer.eos_ids().to_vec();
-    let (generation, metrics, pair_label, draft_label, proposer, schedule, params) = match job.kind {
-        Kind::Target | Kind::Draft => {
-            let model: &dyn CausalLm = if job.kind == Kind::Target { &models[&job.model].model } else { draft_of(&job.model) };
-            (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default(), String::new(), String::new(), String::new(), String::new(), String::new())
-        }
-        Kind::Spec => {
-            let index = job.pair.expect("spec jobs name their pair");
-            let pair = &cfg.pairs[index];
-            let spec = pair.spec();
-            let target = &models[&pair.target].model;
-            let (mut proposer_name, mut params) = (pair.proposer().to_string(), spec.params());
-            let draft = match (pair.draft_model_label(), &vocabs[index]) {
-                (Some(label), Some(v)) => {
-                    let model = draft_of(&label);
-                    let mode = match &v.bridge {
-                        Some(bridge) => crate::proposers::cross_vocab_mode(spec.cross_vocab, bridge, &g.sampling),
-                        None => v.comparison.mode,
-                    };
-                    proposer_name = proposer_label(mode).to_string();
-                    params = [format!("vocab={}", v.comparison.relation), params].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(",");
-                    Some(match (v.comparison.mode, &v.bridge) {
-                        (PairMode::Text, Some(bridge)) => {
-                            DraftSource::Text { model, bridge, prompt: encode(&label, g.set, g.prompt)?, shared_tokens: mode == PairMode::SharedTokens }
-                        }
-                        (PairMode::ExtendedIds, _) => DraftSource::Extended { model, target_vocab: target.config().vocab_size },
-                        _ => DraftSource::Shared(model),
-                    })
-                }
-                (Some(label), None) => Some(DraftSource::Shared(draft_of(&label))),
-                (None, _) => None,
+    let tok = &models[base_model].tokenizer;
+    let eos = tok.eos_ids().to_vec();
+    // The pair's labels and, for a draft model, how it drafts (fixed for the whole prompt).
+    let (mut pair_label, mut draft_label, mut proposer_name, mut schedule, mut params) = Default::default();
+    let mut mode = None;
+    if let (Kind::Spec, Some(index)) = (job.kind, job.pair) {
+        let pair = &cfg.pairs[index];
+        let spec = pair.spec();
+        (pair_label, draft_label, schedule) = (pair.label(), pair.draft_model_label().unwrap_or_default(), pair.schedule.to_string());
+        (proposer_name, params) = (pair.proposer().to_string(), spec.params());
+        if let (Some(_), Some(v)) = (pair.draft_model_label(), &vocabs[index]) {
+            let m = match &v.bridge {
+                Some(bridge) => crate::proposers::cross_vocab_mode(spec.cross_vocab, bridge, &g.sampling),
+                None => v.comparison.mode,
             };
-            let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
-            let mut proposer = spec.build(draft, heads[index].as_ref(), capacity)?;
-            let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k, costs[index])?, verification: spec.verification };
-            let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
-            let draft_label = pair.draft_model_label().unwrap_or_default();
-            (out.generation, out.metrics, pair.label(), draft_label, proposer_name, pair.schedule.to_string(), params)
+            proposer_name = proposer_label(m).to_string();
+            params = [format!("vocab={}", v.comparison.relation), params].into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(",");
+            mode = Some(m);
         }
-    };
-    let text = models[base_model].tokenizer.decode(&generation.tokens)?;
+    }
+    // One generation per user turn: the prompt, then each follow-up after the model's own
+    // answers (Spec-Bench's multi-turn questions); a record sums the turns.
+    if !prompt.turns.is_empty() && !set.chat {
+        anyhow::bail!("prompt {}/{} has follow-up turns: its set must use the chat template", set.name, prompt.id);
+    }
+    let mut answers: Vec<String> = Vec::new();
+    let mut total = Turns::default();
+    for turn in 0..=prompt.turns.len() {
+        let ids = if turn == 0 { encode(base_model, g.set, g.prompt)? } else { encode_follow_up(tok, set, g.prompt, &answers)? };
+        let (generation, metrics) = match job.kind {
+            Kind::Target | Kind::Draft => {
+                let model: &dyn CausalLm = if job.kind == Kind::Target { &models[&job.model].model } else { draft_of(&job.model) };
+                (generate(model, &ids, &eos, &gen, |_| {})?, SpecMetrics::default())
+            }
+            Kind::Spec => {
+                let index = job.pair.expect("spec jobs name their pair");
+                let pair = &cfg.pairs[index];
+                let spec = pair.spec();
+                let target = &models[&pair.target].model;
+                let draft = match (pair.draft_model_label(), &vocabs[index]) {
+                    (Some(label), Some(v)) => {
+                        let model = draft_of(&label);
+                        Some(match (v.comparison.mode, &v.bridge) {
+                            (PairMode::Text, Some(bridge)) => {
+                                let draft_tok = &models[label.split('@').next().unwrap_or(&label)].tokenizer;
+                                let prompt = if turn == 0 { encode(&label, g.set, g.prompt)? } else { encode_follow_up(draft_tok, set, g.prompt, &answers)? };
+                                DraftSource::Text { model, bridge, prompt, shared_tokens: mode == Some(PairMode::SharedTokens) }
+                            }
+                            (PairMode::ExtendedIds, _) => DraftSource::Extended { model, target_vocab: target.config().vocab_size },
+                            _ => DraftSource::Shared(model),
+                        })
+                    }
+                    (Some(label), None) => Some(DraftSource::Shared(draft_of(&label))),
+                    (None, _) => None,
+                };
+                let capacity = positions_needed(ids.len(), g.max_new_tokens).max(ids.len());
+                let mut proposer = spec.build(draft, heads[index].as_ref(), capacity)?;
+                let sc = SpecConfig { generation: gen.clone(), schedule: spec.schedule(job.k, costs[index])?, verification: spec.verification };
+                let out = generate_speculative(target, proposer.as_mut(), &ids, &eos, &sc, |_| {})?;
+                (out.generation, out.metrics)
+            }
+        };
+        answers.push(tok.decode(&generation.tokens)?);
+        total.add(generation, &metrics);
+    }
+    let decode_tok_s = total.decode_tok_s();
+    let (generation, metrics) = (total.generation, total.metrics);
+    let total = TurnRates { decode_tok_s };
+    let text = answers.join("\n\n");
     Ok(Record {
         key: job.key.clone(),
         cell: job.cell.clone(),
@@ -570,7 +597,7 @@ fn run_job<'m>(
         pair: pair_label,
         model: job.model.clone(),
         draft: draft_label,
-        proposer,
+        proposer: proposer_name,
         schedule,
         params,
         k: job.k,
@@ -589,7 +616,7 @@ fn run_job<'m>(
         prefill_s: generation.prefill_s,
         decode_s: generation.decode_s,
         prefill_tok_s: generation.prefill_tok_s(),
-        decode_tok_s: generation.decode_tok_s(),
+        decode_tok_s: total.decode_tok_s,
         drafted: metrics.drafted,
         accepted: metrics.accepted,
         iterations: metrics.iterations,
@@ -607,13 +634,56 @@ fn run_job<'m>(
     })
 }
 
-/// Prompt ids for a prompt of a set: plain text, or the chat template over its messages (or over
-/// a single user turn with the prompt).
-pub fn encode_prompt(tok: &Tokenizer, set: &PromptSet, index: usize) -> Result<Vec<u32>> {
-    let p = &set.prompts[index];
-    if !set.chat {
-        return Ok(tok.encode(&p.prompt, true)?);
+/// The generations of a prompt's turns, added up: tokens concatenated, times and counts summed.
+#[derive(Default)]
+struct Turns {
+    generation: engine::generate::Generation,
+    metrics: SpecMetrics,
+    /// Σ (tokens − 1) over turns: each turn's first token belongs to its prefill.
+    decode_tokens: usize,
+}
+
+struct TurnRates {
+    decode_tok_s: f64,
+}
+
+impl Turns {
+    fn add(&mut self, g: engine::generate::Generation, m: &SpecMetrics) {
+        self.decode_tokens += g.tokens.len().saturating_sub(1);
+        let t = &mut self.generation;
+        t.tokens.extend(g.tokens);
+        t.prompt_tokens += g.prompt_tokens;
+        t.prefill_s += g.prefill_s;
+        t.decode_s += g.decode_s;
+        t.stop = g.stop;
+        self.metrics.add(m);
     }
+
+    fn decode_tok_s(&self) -> f64 {
+        if self.generation.decode_s > 0.0 {
+            self.decode_tokens as f64 / self.generation.decode_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Prompt ids for follow-up turn `answers.len()` of prompt `index`: the conversation so far with
+/// the model's own `answers`, then the next user turn.
+fn encode_follow_up(tok: &Tokenizer, set: &PromptSet, index: usize, answers: &[String]) -> Result<Vec<u32>> {
+    let p = &set.prompts[index];
+    let mut messages = conversation(set, index);
+    for (answer, next) in answers.iter().zip(&p.turns) {
+        messages.push(ChatMessage { role: "assistant".into(), content: answer.clone() });
+        messages.push(ChatMessage { role: "user".into(), content: next.clone() });
+    }
+    Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?)
+}
+
+/// A chat prompt's messages: the set's system message, then the prompt's own messages (or its
+/// single user turn).
+fn conversation(set: &PromptSet, index: usize) -> Vec<ChatMessage> {
+    let p = &set.prompts[index];
     let mut messages = Vec::new();
     if let Some(system) = &set.system {
         messages.push(ChatMessage { role: "system".into(), content: system.clone() });
@@ -622,7 +692,16 @@ pub fn encode_prompt(tok: &Tokenizer, set: &PromptSet, index: usize) -> Result<V
         Some(m) => messages.extend(m.iter().cloned()),
         None => messages.push(ChatMessage { role: "user".into(), content: p.prompt.clone() }),
     }
-    Ok(tok.encode(&tok.apply_chat_template(&messages, true)?, false)?)
+    messages
+}
+
+/// Prompt ids for a prompt of a set: plain text, or the chat template over its messages (or over
+/// a single user turn with the prompt).
+pub fn encode_prompt(tok: &Tokenizer, set: &PromptSet, index: usize) -> Result<Vec<u32>> {
+    if !set.chat {
+        return Ok(tok.encode(&set.prompts[index].prompt, true)?);
+    }
+    Ok(tok.encode(&tok.apply_chat_template(&conversation(set, index), true)?, false)?)
 }
 
 pub fn now() -> String {

@@ -85,6 +85,43 @@ pub struct CellSummary {
     pub greedy_compared: Option<usize>,
 }
 
+/// A spec cell's results on one prompt category, in Spec-Bench's terms: the speedup over
+/// target-only decoding and the mean tokens per target call (τ).
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryRow {
+    pub pair: String,
+    pub schedule: String,
+    pub k: usize,
+    pub temperature: f32,
+    pub category: String,
+    pub records: usize,
+    pub speedup: Estimate,
+    pub tau: f64,
+}
+
+/// Spec cells broken down by the prompts' categories.
+pub fn per_category(records: &[Record]) -> Vec<CategoryRow> {
+    let mut baseline: HashMap<(&str, String), &Record> = HashMap::new();
+    for r in records.iter().filter(|r| r.kind == Kind::Target) {
+        baseline.insert((r.model.as_str(), r.group()), r);
+    }
+    let mut groups: BTreeMap<(String, String, usize, u32, String), Vec<&Record>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.kind == Kind::Spec) {
+        groups.entry((r.pair.clone(), r.schedule.clone(), r.k, r.temperature.to_bits(), r.category.clone())).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((pair, schedule, k, t, category), rs)| {
+            let ratios: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| baseline.get(&(r.model.as_str(), r.group())).filter(|b| b.decode_tok_s > 0.0).map(|b| r.decode_tok_s / b.decode_tok_s))
+                .collect();
+            let (e, n): (u64, u64) = rs.iter().fold((0, 0), |(e, n), r| (e + r.emitted, n + r.iterations));
+            CategoryRow { pair, schedule, k, temperature: f32::from_bits(t), category, records: rs.len(), speedup: Estimate::of(&ratios), tau: if n > 0 { e as f64 / n as f64 } else { f64::NAN } }
+        })
+        .collect()
+}
+
 /// Expected tokens per verification for real-valued k (adaptive schedules average their k).
 pub fn expected_tokens(alpha: f64, k: f64) -> f64 {
     if (1.0 - alpha).abs() < 1e-12 {

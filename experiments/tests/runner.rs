@@ -285,3 +285,60 @@ fn slurm_array_scripts_shard_resume_and_merge() {
     let merged = by_key(&ws.join("results/tiny/merged-77"));
     assert_eq!(merged.len(), 4 * 4, "4 prompts × (target, draft, 2 pairs)");
 }
+
+#[test]
+fn spec_bench_questions_run_turn_by_turn_with_a_per_category_table() {
+    if std::env::var("SPECDEC_SKIP_REAL").is_ok_and(|v| v == "1") {
+        eprintln!("skipping: SPECDEC_SKIP_REAL=1 (the tiny fixtures have no chat template)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("specdec-runner-spec-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("question.jsonl"),
+        concat!(
+            r#"{"question_id": 1, "category": "writing", "turns": ["Name a colour.", "Name another one."]}"#,
+            "\n",
+            r#"{"question_id": 2, "category": "coding", "turns": ["Write `def add(a, b):` in Python."]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let config = r#"name = "spec-bench"
+warmup = 0
+ignore_eos = true
+threads = 2
+[models.q]
+source = "qwen2.5-coder-0.5b"
+[[pairs]]
+target = "q"
+draft = "q"
+[grid]
+k = [2]
+temperature = [0.0]
+max_new_tokens = [6]
+[baselines]
+draft = false
+[[prompts]]
+file = "question.jsonl"
+"#;
+    std::fs::write(dir.join("sb.toml"), config).unwrap();
+    let out = dir.join("results");
+    let o = specdec(&["run", dir.join("sb.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = std::fs::read_dir(out.join("spec-bench")).unwrap().next().unwrap().unwrap().path();
+    let recs = records(&run);
+    assert_eq!(recs.len(), 4, "2 questions × (target-only + one spec cell)");
+    for r in &recs {
+        // The two-turn question: two generations of 6 tokens in one record.
+        let want = if r["prompt_id"] == "1" { 12 } else { 6 };
+        assert_eq!(r["new_tokens"], want, "{r}");
+    }
+    // Greedy: the self-draft's answers equal the target's, turn by turn.
+    let text = |kind: &str| recs.iter().find(|r| r["kind"] == kind && r["prompt_id"] == "1").unwrap()["text"].clone();
+    assert_eq!(text("spec"), text("target"));
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("## Per category") && report.contains("| writing |") && report.contains("| coding |"), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -109,6 +109,28 @@ pub struct SpecMetrics {
 }
 
 impl SpecMetrics {
+    /// Adds another generation's counts and times (e.g. the turns of one conversation).
+    pub fn add(&mut self, o: &SpecMetrics) {
+        self.drafted += o.drafted;
+        self.accepted += o.accepted;
+        self.iterations += o.iterations;
+        self.emitted += o.emitted;
+        self.bonus += o.bonus;
+        let n = self.position_tested.len().max(o.position_tested.len());
+        self.position_tested.resize(n, 0);
+        self.position_accepted.resize(n, 0);
+        for (i, (&t, &a)) in o.position_tested.iter().zip(&o.position_accepted).enumerate() {
+            self.position_tested[i] += t;
+            self.position_accepted[i] += a;
+        }
+        self.expected_accepted += o.expected_accepted;
+        self.expected_accepted_var += o.expected_accepted_var;
+        self.draft_s += o.draft_s;
+        self.verify_s += o.verify_s;
+        self.overhead_s += o.overhead_s;
+        self.draft_steps += o.draft_steps;
+    }
+
     /// α̂ = A / D.
     pub fn alpha(&self) -> f64 {
         ratio(self.accepted as f64, self.drafted as f64)
