@@ -42,6 +42,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
+/// `[dot(x, w[0]), …, dot(x, w[N − 1])]`: each the same bits as [`dot`] (products commute, and
+/// every row accumulates in the same order), with `x` read once.
+#[inline]
+pub fn dot_many<const N: usize>(x: &[f32], w: [&[f32]; N]) -> [f32; N] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            return unsafe { dot_avx2(x, w) };
+        }
+    }
+    w.map(|wr| dot_portable(x, wr))
+}
+
 /// `[dot(x, w[0]), …, dot(x, w[3])]`, reading four weight rows as independent streams.
 #[inline]
 pub fn dot4(x: &[f32], w: [&[f32]; 4]) -> [f32; 4] {
