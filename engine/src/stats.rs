@@ -71,6 +71,65 @@ pub fn chi_square_homogeneity<T: Eq + Hash + Clone>(a: &[T], b: &[T]) -> Homogen
 
 /// χ² goodness of fit of observed `counts` to a distribution `expected_probs` over the same
 /// categories.
+impl Homogeneity {
+    /// Whether any test was possible: at least two cells after pooling. With one cell the
+    /// p-value of 1 says nothing about the two distributions.
+    pub fn is_testable(&self) -> bool {
+        self.degrees_of_freedom >= 1
+    }
+}
+
+/// The total-variation distance two samples of these sizes show when they come from one
+/// distribution: the `quantile` of the empirical TV over `permutations` random re-splits of the
+/// pooled samples (deterministic for a `seed`). An observed TV below it is indistinguishable from
+/// sampling noise at this N, so it is the smallest difference the comparison could detect. Near
+/// 1 when almost every outcome is distinct (long continuations over a large vocabulary).
+pub fn total_variation_noise<T: Eq + Hash + Clone>(a: &[T], b: &[T], permutations: usize, quantile: f64, seed: u64) -> f64 {
+    if a.is_empty() || b.is_empty() || permutations == 0 {
+        return 1.0;
+    }
+    // Outcomes as small integers, so each permutation is a pass over a Vec.
+    let mut index: HashMap<T, usize> = HashMap::new();
+    let pooled: Vec<usize> = a
+        .iter()
+        .chain(b)
+        .map(|x| {
+            let next = index.len();
+            *index.entry(x.clone()).or_insert(next)
+        })
+        .collect();
+    let mut order = pooled;
+    let mut state = seed;
+    let mut next = || {
+        // splitmix64: a fixed, dependency-free stream for the shuffles.
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let mut counts = vec![(0.0f64, 0.0f64); index.len()];
+    let mut tvs = Vec::with_capacity(permutations);
+    for _ in 0..permutations {
+        for i in (1..order.len()).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        counts.iter_mut().for_each(|c| *c = (0.0, 0.0));
+        for (i, &o) in order.iter().enumerate() {
+            if i < a.len() {
+                counts[o].0 += 1.0;
+            } else {
+                counts[o].1 += 1.0;
+            }
+        }
+        tvs.push(0.5 * counts.iter().map(|&(x, y)| (x / na - y / nb).abs()).sum::<f64>());
+    }
+    tvs.sort_by(f64::total_cmp);
+    tvs[((quantile.clamp(0.0, 1.0) * (tvs.len() - 1) as f64).round() as usize).min(tvs.len() - 1)]
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GoodnessOfFit {
     pub statistic: f64,
@@ -155,6 +214,24 @@ mod tests {
         let h = chi_square_homogeneity(&a, &b);
         assert_eq!(h.cells, 1);
         assert_eq!(h.p_value, 1.0, "one pooled cell: no test possible");
+        assert!(!h.is_testable());
         assert!((h.total_variation - 1.0).abs() < 1e-9);
+        // All outcomes distinct: even one distribution split in two shows TV 1, so no
+        // difference is detectable.
+        assert!((total_variation_noise(&a, &b, 50, 0.95, 1) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_noise_floor_shrinks_with_the_sample_and_a_real_difference_exceeds_it() {
+        let a: Vec<u32> = (0..4000).map(|i| (i * 7919) % 4).collect();
+        let b: Vec<u32> = (0..4000).map(|i| (i * 104729 + 1) % 4).collect();
+        let small = total_variation_noise(&a[..200], &b[..200], 200, 0.95, 3);
+        let large = total_variation_noise(&a, &b, 200, 0.95, 3);
+        assert!(large < small && large < 0.05, "noise floor {small} at 200, {large} at 4000");
+        // Moving a tenth of the mass to outcome 0 (TV 0.075) is well above the floor at 4000.
+        let shifted: Vec<u32> = (0..4000).map(|i| if i % 10 == 0 { 0 } else { (i * 104729 + 1) % 4 }).collect();
+        let h = chi_square_homogeneity(&a, &shifted);
+        assert!(h.total_variation > large && h.p_value < 1e-3, "{h:?} vs floor {large}");
+        assert_eq!(total_variation_noise(&a, &b, 200, 0.95, 3), large, "deterministic for a seed");
     }
 }

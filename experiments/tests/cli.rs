@@ -147,10 +147,25 @@ fn certify_passes_a_real_draft_target_pair_on_tiny_models() {
         "--json", "--threads", "1"]);
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(j["consistent_with_lossless"], true, "{j}");
+    assert_eq!((j["consistent_with_lossless"].as_bool(), j["verdict"].as_str()), (Some(true), Some("consistent")), "{j}");
+    assert!(j["tv_noise_95"].as_f64().unwrap() < 0.15, "3000 samples over ≤ 27 sequences detect small differences: {j}");
     let alpha = j["alpha_hat"].as_f64().unwrap();
     assert!(alpha > 0.1 && alpha < 0.9, "the pair should agree sometimes, not always: {j}");
     assert!(j["cells"].as_u64().unwrap() >= 20, "too few cells for a meaningful test: {j}");
+}
+
+/// Certify cannot pass vacuously: continuations so varied that pooling leaves one cell give the
+/// verdict "insufficient" and exit status 3, not "consistent" and 0.
+#[test]
+fn certify_with_too_few_cells_says_insufficient() {
+    let o = specdec(&["certify", "--model", &tiny("llama.gguf"), "--draft", &tiny("llama-draft.gguf"), "--k", "2",
+        "--temperature", "1.0", "--top-k", "0", "--samples", "40", "--max-new-tokens", "6", "--prompt", "hello",
+        "--json", "--threads", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((j["verdict"].as_str(), j["consistent_with_lossless"].as_bool()), (Some("insufficient"), Some(false)), "{j}");
+    assert!(j["cells"].as_u64().unwrap() < 2, "{j}");
+    assert!(j["tv_noise_95"].as_f64().unwrap() > 0.9, "every continuation distinct: nothing detectable: {j}");
 }
 
 #[test]
