@@ -7,7 +7,8 @@ mod common;
 use burn::tensor::Device;
 use common::real_model;
 use engine::generate::{generate, GenerationConfig};
-use engine::model::{CausalLm, LogitRows};
+use engine::cpu::{with_kernel_mode, KernelMode};
+use engine::model::LogitRows;
 use engine::sampling::SamplingParams;
 use engine::source::ModelFiles;
 use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
@@ -30,11 +31,11 @@ fn speculative(target: &LoadedModel, draft: &LoadedModel, ids: &[u32], gen: &Gen
     generate_speculative(target.model.as_ref(), &mut proposer, ids, target.tokenizer.eos_ids(), &cfg, |_| {}).unwrap()
 }
 
-#[test]
-fn logits_are_bitwise_batch_invariant() {
-    let Some(m) = load("smollm2-135m") else { return };
-    let ids = m.tokenizer.encode("The capital of France is Paris, and the capital of Italy is", false).unwrap();
-    for rows in [2usize, 3, 5, 9] {
+/// Row i of an n-token forward has the bits of decoding that token alone, for n = `sizes`.
+fn assert_batch_invariant(m: &LoadedModel, text: &str, sizes: impl IntoIterator<Item = usize>) {
+    let ids = m.tokenizer.encode(text, false).unwrap();
+    for rows in sizes {
+        assert!(ids.len() > rows, "the prompt ({} tokens) must be longer than {rows}", ids.len());
         let split = ids.len() - rows;
         let mut batch_cache = m.model.new_cache(64).unwrap();
         m.model.forward(&ids[..split], &mut batch_cache, LogitRows::Last).unwrap();
@@ -48,6 +49,40 @@ fn logits_are_bitwise_batch_invariant() {
                 "row {i} of a {rows}-token forward differs from decoding it alone"
             );
         }
+    }
+}
+
+#[test]
+fn logits_are_bitwise_batch_invariant() {
+    let Some(m) = load("smollm2-135m") else { return };
+    assert_batch_invariant(&m, "The capital of France is Paris, and the capital of Italy is", [2, 3, 5, 9]);
+}
+
+/// The speculative target of the README's main job, at every verification size up to k = 16:
+/// Q4_K and Q6_K matrices, single passes of up to 16 rows and a 17-row forward the kernels split
+/// into several passes.
+#[test]
+fn qwen_15b_logits_are_bitwise_batch_invariant_for_2_to_17_rows() {
+    let Some(m) = load("qwen2.5-coder-1.5b") else { return };
+    let text = "def binary_search(items, target):\n    low, high = 0, len(items) - 1\n    while low <= high:\n        mid = (low + high) // 2";
+    assert_batch_invariant(&m, text, 2..=17);
+}
+
+/// Greedy speculative output equals greedy target-only output under the exact (f32-activation)
+/// kernels too, not only under the default q8 ones.
+#[test]
+fn qwen_pair_greedy_speculative_equals_target_only_under_exact_kernels() {
+    let (Some(t), Some(d)) = (real_model("qwen2.5-coder-1.5b"), real_model("qwen2.5-coder-0.5b")) else { return };
+    let load_exact = |path| with_kernel_mode(KernelMode::Exact, || engine::load_files(ModelFiles::Gguf(path), &Device::flex())).unwrap();
+    let (target, draft) = (load_exact(t), load_exact(d));
+    let ids = prompt(&target, "Write a Python function that checks whether a number is prime.");
+    let gen = GenerationConfig { max_new_tokens: 24, stop_at_eos: true, ..Default::default() };
+    let want = generate(target.model.as_ref(), &ids, target.tokenizer.eos_ids(), &gen, |_| {}).unwrap().tokens;
+    for k in [2, 4] {
+        let out = speculative(&target, &draft, &ids, &gen, k);
+        eprintln!("exact kernels, k = {k}: α̂ = {:.3}, τ = {:.2}", out.metrics.alpha(), out.metrics.tau());
+        assert_eq!(out.generation.tokens, want, "k = {k}");
+        assert!(out.metrics.accepted > 0, "the pair agrees on code: some drafts must be accepted");
     }
 }
 
