@@ -1,5 +1,8 @@
 //! Statistics for comparing output distributions (no I/O, no clock).
 
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -17,6 +20,11 @@ pub struct Homogeneity {
     pub categories: usize,
 }
 
+/// ½ Σ |x/na − y/nb| over the (count in a, count in b) of every outcome.
+fn total_variation(counts: impl Iterator<Item = (f64, f64)>, na: f64, nb: f64) -> f64 {
+    0.5 * counts.map(|(x, y)| (x / na - y / nb).abs()).sum::<f64>()
+}
+
 /// Compares two samples of categorical outcomes (e.g. generated token sequences). Categories whose
 /// expected count is below 5 in either sample are pooled into one cell, as the χ² approximation
 /// needs; with fewer than two cells left the test has no power and the p-value is 1.
@@ -30,11 +38,7 @@ pub fn chi_square_homogeneity<T: Eq + Hash + Clone>(a: &[T], b: &[T]) -> Homogen
     }
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let n = na + nb;
-    let total_variation = if na > 0.0 && nb > 0.0 {
-        0.5 * counts.values().map(|&(x, y)| (x / na - y / nb).abs()).sum::<f64>()
-    } else {
-        0.0
-    };
+    let total_variation = if na > 0.0 && nb > 0.0 { total_variation(counts.values().copied(), na, nb) } else { 0.0 };
     let mut cells: Vec<(f64, f64)> = Vec::new();
     let mut pooled = (0.0, 0.0);
     // Deterministic order: sort by total count, then by first-sample count.
@@ -90,7 +94,7 @@ pub fn total_variation_noise<T: Eq + Hash + Clone>(a: &[T], b: &[T], permutation
     }
     // Outcomes as small integers, so each permutation is a pass over a Vec.
     let mut index: HashMap<T, usize> = HashMap::new();
-    let pooled: Vec<usize> = a
+    let mut order: Vec<usize> = a
         .iter()
         .chain(b)
         .map(|x| {
@@ -98,24 +102,12 @@ pub fn total_variation_noise<T: Eq + Hash + Clone>(a: &[T], b: &[T], permutation
             *index.entry(x.clone()).or_insert(next)
         })
         .collect();
-    let mut order = pooled;
-    let mut state = seed;
-    let mut next = || {
-        // splitmix64: a fixed, dependency-free stream for the shuffles.
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let (na, nb) = (a.len() as f64, b.len() as f64);
     let mut counts = vec![(0.0f64, 0.0f64); index.len()];
     let mut tvs = Vec::with_capacity(permutations);
     for _ in 0..permutations {
-        for i in (1..order.len()).rev() {
-            let j = (next() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
-        }
+        order.shuffle(&mut rng);
         counts.iter_mut().for_each(|c| *c = (0.0, 0.0));
         for (i, &o) in order.iter().enumerate() {
             if i < a.len() {
@@ -124,7 +116,7 @@ pub fn total_variation_noise<T: Eq + Hash + Clone>(a: &[T], b: &[T], permutation
                 counts[o].1 += 1.0;
             }
         }
-        tvs.push(0.5 * counts.iter().map(|&(x, y)| (x / na - y / nb).abs()).sum::<f64>());
+        tvs.push(total_variation(counts.iter().copied(), na, nb));
     }
     tvs.sort_by(f64::total_cmp);
     tvs[((quantile.clamp(0.0, 1.0) * (tvs.len() - 1) as f64).round() as usize).min(tvs.len() - 1)]

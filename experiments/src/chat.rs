@@ -142,14 +142,7 @@ impl Models {
         let draft_head = match (spec.draft_vocab, kind) {
             (None, _) | (_, None) => None,
             (Some(_), Some(ProposerKind::Ngram)) => bail!("--draft-vocab needs a model proposer (a draft or layer-skip)"),
-            (Some(n), Some(_)) => {
-                // A layer-skip draft is the target's own first layers: its head is the target's.
-                let (model, tok) = match &draft {
-                    Some(d) => (d.loaded.model.as_ref(), &d.loaded.tokenizer),
-                    None => (target.model.as_ref(), &target.tokenizer),
-                };
-                Some(crate::proposers::draft_head(model, tok, n, spec.draft_vocab_table.as_deref())?)
-            }
+            (Some(n), Some(_)) => Some(crate::Draft::head(draft.as_ref(), &target, n, spec.draft_vocab_table.as_deref())?),
         };
         Ok(Models { target, draft, early, draft_head })
     }

@@ -302,16 +302,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     let bridge = draft.as_ref().and_then(|d| d.bridge(tok));
     // A truncated draft vocabulary: the draft's (or, drafting with its own first layers, the
     // target's) head over the N most frequent ids.
-    let draft_head = match sp.draft_vocab {
-        Some(n) => {
-            let (model, dtok) = match &draft {
-                Some(d) => (d.loaded.model.as_ref(), &d.loaded.tokenizer),
-                None => (loaded.model.as_ref(), tok),
-            };
-            Some(proposers::draft_head(model, dtok, n, sp.draft_vocab_table.as_deref())?)
-        }
-        None => None,
-    };
+    let draft_head = sp.draft_vocab.map(|n| Draft::head(draft.as_ref(), &loaded, n, sp.draft_vocab_table.as_deref())).transpose()?;
     let stdout = std::io::stdout();
     let mut stream = StreamDecoder::new(tok);
     let mut print = |id: u32| {
@@ -658,6 +649,14 @@ struct Draft {
 }
 
 impl Draft {
+    /// The drafting head over the `n` most frequent ids (of `table`, else the builtin table): the
+    /// draft's, or, without a draft model (drafting with the target's own first layers), the
+    /// target's.
+    fn head(draft: Option<&Draft>, target: &engine::LoadedModel, n: usize, table: Option<&std::path::Path>) -> Result<engine::model::HeadSubset> {
+        let loaded = draft.map_or(target, |d| &d.loaded);
+        proposers::draft_head(loaded.model.as_ref(), &loaded.tokenizer, n, table)
+    }
+
     /// The text bridge, for a draft whose vocabulary differs from the target's.
     fn bridge<'t>(&'t self, target: &'t engine::tokenizer::Tokenizer) -> Option<engine::speculative::TextBridge<'t>> {
         (self.comparison.mode == PairMode::Text).then(|| engine::speculative::TextBridge::new(&self.loaded.tokenizer, target))
@@ -732,10 +731,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
         draft_vocab: args.draft_vocab,
         cross_vocab: args.cross_vocab,
     };
-    let head = match args.draft_vocab {
-        Some(n) => Some(proposers::draft_head(draft.loaded.model.as_ref(), &draft.loaded.tokenizer, n, None)?),
-        None => None,
-    };
+    let head = args.draft_vocab.map(|n| Draft::head(Some(&draft), &target, n, None)).transpose()?;
     let prompt = encode_prompt(tok, &args.prompt, args.chat, None)?;
     let sampling = SamplingParams { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p };
     let gen = |seed| GenerationConfig { max_new_tokens: args.max_new_tokens, sampling, seed, stop_at_eos: true };

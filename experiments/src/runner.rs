@@ -369,8 +369,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         .iter()
         .map(|pair| match (pair.draft_vocab, pair.draft_model_label()) {
             (Some(n), Some(label)) => {
-                let base = label.split('@').next().unwrap_or(&label).to_string();
-                crate::proposers::draft_head(draft_of(&label), &models[&base].tokenizer, n, pair.draft_vocab_table.as_deref()).map(Some)
+                crate::proposers::draft_head(draft_of(&label), &models[model_name(&label)].tokenizer, n, pair.draft_vocab_table.as_deref()).map(Some)
             }
             _ => Ok(None),
         })
@@ -429,7 +428,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         if let Some(ids) = encoded.get(&key) {
             return Ok(ids.clone());
         }
-        let tok = &models[model.split('@').next().unwrap_or(model)].tokenizer;
+        let tok = &models[model_name(model)].tokenizer;
         let ids = encode_prompt(tok, &sets[set], prompt).with_context(|| format!("encoding prompt {}/{} for {model}", sets[set].name, sets[set].prompts[prompt].id))?;
         encoded.insert(key, ids.clone());
         Ok(ids)
@@ -520,7 +519,7 @@ fn run_job<'m>(
     let set = &sets[g.set];
     let prompt = &set.prompts[g.prompt];
     let gen = GenerationConfig { max_new_tokens: g.max_new_tokens, sampling: g.sampling, seed, stop_at_eos: !cfg.ignore_eos };
-    let base_model = job.model.split('@').next().unwrap_or(&job.model);
+    let base_model = model_name(&job.model);
     let tok = &models[base_model].tokenizer;
     let eos = tok.eos_ids().to_vec();
     // The pair's labels and, for a draft model, how it drafts (fixed for the whole prompt).
@@ -565,7 +564,7 @@ fn run_job<'m>(
                         let model = draft_of(&label);
                         Some(match (v.comparison.mode, &v.bridge) {
                             (PairMode::Text, Some(bridge)) => {
-                                let draft_tok = &models[label.split('@').next().unwrap_or(&label)].tokenizer;
+                                let draft_tok = &models[model_name(&label)].tokenizer;
                                 let prompt = if turn == 0 { encode(&label, g.set, g.prompt)? } else { encode_follow_up(draft_tok, set, g.prompt, &answers)? };
                                 DraftSource::Text { model, bridge, prompt, shared_tokens: mode == Some(PairMode::SharedTokens) }
                             }
@@ -588,7 +587,6 @@ fn run_job<'m>(
     }
     let decode_tok_s = total.decode_tok_s();
     let (generation, metrics) = (total.generation, total.metrics);
-    let total = TurnRates { decode_tok_s };
     let text = answers.join("\n\n");
     Ok(Record {
         key: job.key.clone(),
@@ -616,7 +614,7 @@ fn run_job<'m>(
         prefill_s: generation.prefill_s,
         decode_s: generation.decode_s,
         prefill_tok_s: generation.prefill_tok_s(),
-        decode_tok_s: total.decode_tok_s,
+        decode_tok_s,
         drafted: metrics.drafted,
         accepted: metrics.accepted,
         iterations: metrics.iterations,
@@ -634,6 +632,11 @@ fn run_job<'m>(
     })
 }
 
+/// The model a label names: a label is a model's name, or `name@L` for its first L layers.
+fn model_name(label: &str) -> &str {
+    label.split('@').next().unwrap_or(label)
+}
+
 /// The generations of a prompt's turns, added up: tokens concatenated, times and counts summed.
 #[derive(Default)]
 struct Turns {
@@ -641,10 +644,6 @@ struct Turns {
     metrics: SpecMetrics,
     /// Σ (tokens − 1) over turns: each turn's first token belongs to its prefill.
     decode_tokens: usize,
-}
-
-struct TurnRates {
-    decode_tok_s: f64,
 }
 
 impl Turns {

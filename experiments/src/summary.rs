@@ -101,10 +101,7 @@ pub struct CategoryRow {
 
 /// Spec cells broken down by the prompts' categories.
 pub fn per_category(records: &[Record]) -> Vec<CategoryRow> {
-    let mut baseline: HashMap<(&str, String), &Record> = HashMap::new();
-    for r in records.iter().filter(|r| r.kind == Kind::Target) {
-        baseline.insert((r.model.as_str(), r.group()), r);
-    }
+    let baseline = baseline_index(records);
     let mut groups: BTreeMap<(String, String, usize, u32, String), Vec<&Record>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.kind == Kind::Spec) {
         groups.entry((r.pair.clone(), r.schedule.clone(), r.k, r.temperature.to_bits(), r.category.clone())).or_default().push(r);
@@ -112,10 +109,7 @@ pub fn per_category(records: &[Record]) -> Vec<CategoryRow> {
     groups
         .into_iter()
         .map(|((pair, schedule, k, t, category), rs)| {
-            let ratios: Vec<f64> = rs
-                .iter()
-                .filter_map(|r| baseline.get(&(r.model.as_str(), r.group())).filter(|b| b.decode_tok_s > 0.0).map(|b| r.decode_tok_s / b.decode_tok_s))
-                .collect();
+            let ratios = paired_speedups(&rs, &baseline);
             let (e, n): (u64, u64) = rs.iter().fold((0, 0), |(e, n), r| (e + r.emitted, n + r.iterations));
             CategoryRow { pair, schedule, k, temperature: f32::from_bits(t), category, records: rs.len(), speedup: Estimate::of(&ratios), tau: if n > 0 { e as f64 / n as f64 } else { f64::NAN } }
         })
@@ -136,13 +130,22 @@ fn mean(v: impl IntoIterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+/// Target-only records by (target model, group); draft-only by (draft label, group).
+fn baseline_index(records: &[Record]) -> HashMap<(Kind, &str, String), &Record> {
+    records.iter().filter(|r| r.kind != Kind::Spec).map(|r| ((r.kind, r.model.as_str(), r.group()), r)).collect()
+}
+
+/// Each spec record's decode tok/s over its target-only baseline (same model and group), where
+/// the baseline exists and decoded.
+fn paired_speedups(rs: &[&Record], baseline: &HashMap<(Kind, &str, String), &Record>) -> Vec<f64> {
+    rs.iter()
+        .filter_map(|r| baseline.get(&(Kind::Target, r.model.as_str(), r.group())).filter(|b| b.decode_tok_s > 0.0).map(|b| r.decode_tok_s / b.decode_tok_s))
+        .collect()
+}
+
 /// Summaries of every cell, baselines first, then spec cells in grid order.
 pub fn summarize(records: &[Record]) -> Vec<CellSummary> {
-    // Target-only records by (target model, group); draft-only by (draft label, group).
-    let mut baseline: HashMap<(Kind, &str, String), &Record> = HashMap::new();
-    for r in records.iter().filter(|r| r.kind != Kind::Spec) {
-        baseline.insert((r.kind, r.model.as_str(), r.group()), r);
-    }
+    let baseline = baseline_index(records);
     let mut cells: BTreeMap<(Kind, usize), Vec<&Record>> = BTreeMap::new();
     let mut order: HashMap<&str, usize> = HashMap::new();
     for r in records {
@@ -221,7 +224,7 @@ fn spec_details(s: &mut CellSummary, rs: &[&Record], baseline: &HashMap<(Kind, &
     if targets.is_empty() {
         return;
     }
-    s.speedup = Some(Estimate::of(&targets.iter().filter(|(_, b)| b.decode_tok_s > 0.0).map(|(r, b)| r.decode_tok_s / b.decode_tok_s).collect::<Vec<_>>()));
+    s.speedup = Some(Estimate::of(&paired_speedups(rs, baseline)));
     let target_step = mean(targets.iter().map(|(_, b)| b.step_s())).unwrap_or(0.0);
     if target_step <= 0.0 {
         return;

@@ -8,7 +8,6 @@ use clap::Args;
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::SamplingParams;
 use engine::speculative::VocabFrequency;
-use engine::tokenizer::ChatMessage;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -77,10 +76,7 @@ pub fn run(args: &VocabFreqArgs) -> Result<()> {
         sampling.validate()?;
         let mut texts = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.iter().enumerate() {
-            let ids = match tok.chat_template() {
-                Some(_) => tok.encode(&tok.apply_chat_template(&[ChatMessage::new("user", p.prompt.clone())], true)?, false)?,
-                None => tok.encode(&p.prompt, true)?,
-            };
+            let ids = crate::encode_prompt(tok, &p.prompt, tok.chat_template().is_some(), None)?;
             let gen = GenerationConfig { max_new_tokens: args.generate, sampling, seed: args.seed.wrapping_add(i as u64), stop_at_eos: true };
             let out = generate(loaded.model.as_ref(), &ids, tok.eos_ids(), &gen, |_| {})?;
             eprintln!("[{}/{}] {}: {} tokens", i + 1, prompts.len(), p.id, out.tokens.len());

@@ -40,9 +40,13 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape,
     // g·group + j / n at position j % n.
     let per_head = group * n;
     let runs = per_head.div_ceil(QUERIES_PER_PASS);
-    let item = |index: usize| -> Vec<f32> {
+    // Work item `index`: its KV head and its (query head, position index) pairs.
+    let queries_of = |index: usize| -> (usize, Vec<(usize, usize)>) {
         let (kv, run) = (index / runs, index % runs);
-        let queries: Vec<(usize, usize)> = (run * QUERIES_PER_PASS..((run + 1) * QUERIES_PER_PASS).min(per_head)).map(|j| (kv * group + j / n, j % n)).collect();
+        (kv, (run * QUERIES_PER_PASS..((run + 1) * QUERIES_PER_PASS).min(per_head)).map(|j| (kv * group + j / n, j % n)).collect())
+    };
+    let item = |index: usize| -> Vec<f32> {
+        let (kv, queries) = queries_of(index);
         attend_group(q, k, v, shape, cap, start, kv, &queries)
     };
     let items = shape.kv_heads * runs;
@@ -55,9 +59,7 @@ pub fn causal_attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape,
     };
     let mut y = vec![0f32; n * heads * d];
     for (index, out) in outputs.iter().enumerate() {
-        let (kv, run) = (index / runs, index % runs);
-        for (slot, j) in (run * QUERIES_PER_PASS..((run + 1) * QUERIES_PER_PASS).min(per_head)).enumerate() {
-            let (h, i) = (kv * group + j / n, j % n);
+        for (slot, (h, i)) in queries_of(index).1.into_iter().enumerate() {
             y[(i * heads + h) * d..(i * heads + h + 1) * d].copy_from_slice(&out[slot * d..(slot + 1) * d]);
         }
     }
@@ -85,13 +87,15 @@ fn attend_group(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, cap: us
     let mut scores = vec![0f32; queries.len() * width];
     for pos in lo..hi {
         let key = &keys[pos * d..(pos + 1) * d];
+        let mut store = |j: usize, s: f32| scores[j * width + pos - lo] = s * shape.scale;
         for (c, chunk) in queries.chunks(4).enumerate() {
-            let dots: Vec<f32> = match chunk.len() {
-                4 => dot_many(key, [vector(&chunk[0]), vector(&chunk[1]), vector(&chunk[2]), vector(&chunk[3])]).to_vec(),
-                _ => chunk.iter().map(|qv| dot_many(key, [vector(qv)])[0]).collect(),
-            };
-            for (j, s) in dots.into_iter().enumerate() {
-                scores[(4 * c + j) * width + pos - lo] = s * shape.scale;
+            if let [a, b, e, f] = chunk {
+                let dots = dot_many(key, [vector(a), vector(b), vector(e), vector(f)]);
+                dots.into_iter().enumerate().for_each(|(j, s)| store(4 * c + j, s));
+            } else {
+                for (j, qv) in chunk.iter().enumerate() {
+                    store(4 * c + j, dot_many(key, [vector(qv)])[0]);
+                }
             }
         }
     }

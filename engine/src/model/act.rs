@@ -38,11 +38,7 @@ impl Vector {
     pub fn select(&self, ids: &[u32]) -> Vector {
         match self {
             Vector::Host(v) => Vector::Host(ids.iter().map(|&i| v[i as usize]).collect()),
-            Vector::Device(t) => {
-                let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &t.device());
-                Vector::Device(t.clone().select(0, idx))
-            }
+            Vector::Device(t) => Vector::Device(t.clone().select(0, super::index_tensor(ids, &t.device()))),
         }
     }
 

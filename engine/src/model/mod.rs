@@ -302,16 +302,8 @@ impl Matrix {
     /// A matrix of the rows `ids` of this one (each below `out`), multiplied the same way.
     fn select_rows(&self, ids: &[u32]) -> Result<Matrix> {
         Ok(match self {
-            Matrix::Device(w) => {
-                let idx: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
-                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &w.device());
-                Matrix::Device(w.clone().select(0, idx))
-            }
-            Matrix::Host { data, inp, .. } => Matrix::Host {
-                data: ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect(),
-                out: ids.len(),
-                inp: *inp,
-            },
+            Matrix::Device(w) => Matrix::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
+            Matrix::Host { data, inp, .. } => Matrix::Host { data: host_rows(data, *inp, ids), out: ids.len(), inp: *inp },
             Matrix::Quant { w } => {
                 let w = w.select_rows(ids).map_err(Error::InvalidArgument)?;
                 w.prepare();
@@ -323,17 +315,22 @@ impl Matrix {
     /// Rows `ids` of W (embedding lookup): [ids.len(), in].
     fn gather_rows(&self, ids: &[u32]) -> Act {
         match self {
-            Matrix::Device(w) => {
-                let idx: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
-                let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [ids.len()]), &w.device());
-                Act::Device(w.clone().select(0, idx))
-            }
-            Matrix::Host { data, inp, .. } => {
-                Act::host(ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect(), *inp)
-            }
+            Matrix::Device(w) => Act::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
+            Matrix::Host { data, inp, .. } => Act::host(host_rows(data, *inp, ids), *inp),
             Matrix::Quant { w, .. } => Act::host(w.gather_rows(ids), w.inp()),
         }
     }
+}
+
+/// `ids` as a device index tensor, for `select` along a dimension.
+fn index_tensor(ids: &[u32], device: &Device) -> Tensor<1, burn::tensor::Int> {
+    let idx: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    Tensor::from_data(TensorData::new(idx, [ids.len()]), device)
+}
+
+/// The rows `ids` of a row-major host matrix with rows of `inp` values, in that order.
+fn host_rows(data: &[f32], inp: usize, ids: &[u32]) -> Vec<f32> {
+    ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect()
 }
 
 /// A dense projection y = x·Wᵀ (+ b).

@@ -900,7 +900,7 @@ impl Proposer for CrossVocab<'_> {
                 break;
             }
             let j = if params.is_greedy() { argmax(&row) } else { warp(&row, &params).sample(sampler.uniform()) };
-            let d = self.head.map_or(j, |h| h.ids()[j as usize]);
+            let d = self.draft_id(j);
             self.stats.drafted += 1;
             match self.bridge.draft.piece(d) {
                 Some(piece) => text.extend_from_slice(piece),

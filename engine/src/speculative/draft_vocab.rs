@@ -29,6 +29,11 @@ pub struct VocabFrequency {
     pub ppb: Vec<u64>,
 }
 
+/// A table's key for `tok`'s vocabulary: its fingerprint in hex.
+fn fingerprint(tok: &Tokenizer) -> String {
+    format!("{:016x}", tok.vocab_fingerprint())
+}
+
 /// Builtin tables, by tokenizer fingerprint.
 const BUILTIN: &[&str] = &[include_str!("../../data/vocab/qwen2.5.json"), include_str!("../../data/vocab/smollm2.json"), include_str!("../../data/vocab/gemma3.json")];
 
@@ -60,7 +65,7 @@ impl VocabFrequency {
         // Most frequent first; ties by id, so the table does not depend on the sort's stability.
         ids.sort_by(|&a, &b| mass[b as usize].total_cmp(&mass[a as usize]).then(a.cmp(&b)));
         let ppb = ids.iter().map(|&i| (mass[i as usize] / total * 1e9).round() as u64).collect();
-        Ok(VocabFrequency { fingerprint: format!("{:016x}", tok.vocab_fingerprint()), vocab_size: vocab, corpus: used.join(", "), tokens, ids, ppb })
+        Ok(VocabFrequency { fingerprint: fingerprint(tok), vocab_size: vocab, corpus: used.join(", "), tokens, ids, ppb })
     }
 
     /// A table from its JSON form, checked for consistency.
@@ -82,13 +87,12 @@ impl VocabFrequency {
 
     /// The table that ships with the engine for `tok`'s vocabulary, if there is one.
     pub fn builtin(tok: &Tokenizer) -> Option<Self> {
-        let fingerprint = format!("{:016x}", tok.vocab_fingerprint());
-        BUILTIN.iter().filter_map(|text| Self::from_json(text, "builtin table").ok()).find(|t| t.fingerprint == fingerprint)
+        BUILTIN.iter().filter_map(|text| Self::from_json(text, "builtin table").ok()).find(|t| t.fits(tok))
     }
 
     /// Whether this table was counted with `tok`'s vocabulary.
     pub fn fits(&self, tok: &Tokenizer) -> bool {
-        self.fingerprint == format!("{:016x}", tok.vocab_fingerprint()) && self.vocab_size == tok.vocab_size()
+        self.fingerprint == fingerprint(tok) && self.vocab_size == tok.vocab_size()
     }
 
     /// The ids a draft keeps with a head of `n` rows: every special token (ends of turn and
