@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Cross-checks the committed fixtures against independent loaders; writes nothing.
 
+0. tiny/gptneox*.gguf read back by the `gguf` package's own reader (GGUFReader): every tensor's
+   name, shape and type (F32), and its values bit for bit, against the safetensors file it was
+   made from (tiny/gptneox*-hf, read with `safetensors`, the fused QKV regrouped per head as
+   llama.cpp's converter does); and the architecture metadata against config.json. As a negative
+   control the regrouping must matter (the raw HF QKV rows differ from the GGUF's).
+   Needs only: pip install gguf numpy safetensors. `--gguf-only` runs just this step (CI does).
 1. tiny/*.gguf loaded by transformers' GGUF loader: logits must equal tiny/*.ref.json (max |diff| <= 1e-4).
 2. tiny/*.gguf run by llama.cpp (llama-cpp-python, f32 KV cache): logits within 1e-4 of the reference.
    This is the check that the llama Q/K permutation matches what llama.cpp expects; as a negative
@@ -22,8 +28,6 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
-from transformers import AutoModelForCausalLM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.join(HERE, "..", "engine", "tests", "fixtures")
@@ -52,7 +56,88 @@ def llama_cpp_logits(llama_cpp, path, tokens):
     return np.array(m.scores[:len(tokens)], dtype=np.float32)
 
 
+def check_gptneox_gguf(name):
+    """Step 0 for tiny/<name>.gguf and tiny/<name>-hf."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    reader = gguf.GGUFReader(os.path.join(TINY, f"{name}.gguf"))
+    hf = load_file(os.path.join(TINY, f"{name}-hf", "model.safetensors"))
+    with open(os.path.join(TINY, f"{name}-hf", "config.json")) as f:
+        cfg = json.load(f)
+    n_head, n_embd = cfg["num_attention_heads"], cfg["hidden_size"]
+
+    def field(key):
+        return reader.fields[key].contents()
+
+    head = n_embd // n_head
+    want_meta = {
+        "general.architecture": "gptneox",
+        "gptneox.context_length": cfg["max_position_embeddings"],
+        "gptneox.embedding_length": n_embd,
+        "gptneox.block_count": cfg["num_hidden_layers"],
+        "gptneox.feed_forward_length": cfg["intermediate_size"],
+        "gptneox.attention.head_count": n_head,
+        "gptneox.rope.dimension_count": int(cfg["rope_parameters"]["partial_rotary_factor"] * head),
+        "gptneox.use_parallel_residual": cfg["use_parallel_residual"],
+    }
+    bad_meta = [(k, field(k) if k in reader.fields else None, v) for k, v in want_meta.items()
+                if k not in reader.fields or field(k) != v]
+    eps = field("gptneox.attention.layer_norm_epsilon") if "gptneox.attention.layer_norm_epsilon" in reader.fields else None
+    if eps is None or abs(eps - cfg["layer_norm_eps"]) > 1e-12:
+        bad_meta.append(("gptneox.attention.layer_norm_epsilon", eps, cfg["layer_norm_eps"]))
+    check(not bad_meta, f"gguf reads tiny/{name}.gguf's metadata as config.json says" + (f" (key, got, want: {bad_meta})" if bad_meta else ""))
+
+    # HF name -> (GGUF name, the array as the GGUF must hold it, in numpy's row-major order).
+    names = {"gpt_neox.embed_in.weight": "token_embd.weight", "gpt_neox.final_layer_norm.weight": "output_norm.weight",
+             "gpt_neox.final_layer_norm.bias": "output_norm.bias", "embed_out.weight": "output.weight"}
+    per_layer = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+                 "attention.query_key_value": "attn_qkv", "attention.dense": "attn_output",
+                 "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
+    want = {}
+    for k, v in hf.items():
+        if k in names:
+            gname = names[k]
+        else:
+            _, _, i, *rest = k.split(".")
+            gname = f"blk.{i}.{per_layer['.'.join(rest[:-1])]}.{rest[-1]}"
+        if gname.endswith("attn_qkv.weight"):  # per head [q, k, v] -> [all q; all k; all v]
+            v = v.reshape(n_head, 3, head, n_embd).transpose(1, 0, 2, 3).reshape(3 * n_embd, n_embd)
+        if gname.endswith("attn_qkv.bias"):
+            v = v.reshape(n_head, 3, head).transpose(1, 0, 2).reshape(3 * n_embd)
+        want[gname] = v
+    got = {t.name: t for t in reader.tensors}
+    check(set(got) == set(want), f"tiny/{name}.gguf holds exactly the safetensors' {len(want)} tensors"
+          + ("" if set(got) == set(want) else f" (missing {sorted(set(want) - set(got))}, extra {sorted(set(got) - set(want))})"))
+    bad = []
+    for gname in sorted(set(got) & set(want)):
+        t, w = got[gname], want[gname]
+        data = np.asarray(t.data)
+        # GGUF lists dimensions innermost first (ne0 = columns); the reader's array is row-major.
+        dims = [int(d) for d in t.shape]
+        if t.tensor_type != gguf.GGMLQuantizationType.F32 or data.dtype != np.float32:
+            bad.append(f"{gname}: type {t.tensor_type!r}, dtype {data.dtype}")
+        elif dims != list(reversed(w.shape)) or data.shape != w.shape:
+            bad.append(f"{gname}: dims {dims}, array {data.shape}, want {w.shape}")
+        elif not np.array_equal(data.view(np.uint32), np.ascontiguousarray(w).view(np.uint32)):
+            bad.append(f"{gname}: values differ (max |diff| {np.abs(data - w).max():.3e})")
+    check(not bad, f"tiny/{name}.gguf's tensors have the safetensors' shapes, F32 type and bits" + (f": {bad}" if bad else ""))
+    # Negative control: the comparison must see a wrong row order.
+    qkv = "blk.0.attn_qkv.weight"
+    raw = hf["gpt_neox.layers.0.attention.query_key_value.weight"]
+    check(not np.array_equal(np.asarray(got[qkv].data), raw),
+          f"negative control: tiny/{name}.gguf's {qkv} differs from the un-regrouped HF rows")
+
+
 def main():
+    for name in ["gptneox", "gptneox-seq"]:
+        check_gptneox_gguf(name)
+    if "--gguf-only" in sys.argv[1:]:
+        return
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
     for name in ["llama", "qwen2"]:
         r, want = ref(name)
         m = AutoModelForCausalLM.from_pretrained(TINY, gguf_file=f"{name}.gguf", dtype=torch.float32,

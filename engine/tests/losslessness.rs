@@ -9,7 +9,9 @@ use common::{toy_target as target, Markov};
 use engine::generate::{generate, GenerationConfig};
 use engine::sampling::{warp, Probs, SamplingParams};
 use engine::speculative::faults::{with_fault, Fault};
-use engine::speculative::{generate_speculative, verify, Costs, DraftModel, NGram, Proposer, Schedule, SpecConfig, Verification, VerifyMode};
+use engine::speculative::{
+    generate_speculative, verify, Costs, DraftModel, ExtendedIds, NGram, Proposer, Schedule, SpecConfig, Verification, VerifyMode,
+};
 
 /// χ² goodness of fit (`engine::stats`): (statistic, p-value).
 fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
@@ -19,6 +21,22 @@ fn chi_square_p_value(counts: &[u64], expected_probs: &[f64]) -> (f64, f64) {
 
 const DRAWS: u64 = 100_000;
 const MIN_P: f64 = 0.001;
+/// Draws for a broken twin: each fault below moves the distribution far enough that this many
+/// give p-values many orders of magnitude below `MIN_P` (printed), at a fifth of the cost.
+const TWIN_DRAWS: u64 = 20_000;
+
+/// A broken twin: the same test with `fault` switched on must reject (p < `MIN_P`), or the
+/// test has no power for that configuration.
+fn assert_caught(what: &str, fault: Fault, test: impl FnOnce() -> f64) {
+    let p = with_fault(fault, test);
+    eprintln!("broken twin of {what} ({fault:?}): p = {p:.2e}");
+    assert!(p < MIN_P, "{what} with the deliberate fault {fault:?} passed (p = {p}): the test has no power there");
+}
+
+/// [`window_test_n`] over `TWIN_DRAWS` generations with a draft model built by `proposer`.
+fn twin_test<'a>(target: &Markov, prompt: &[u32], proposer: impl Fn() -> Box<dyn Proposer + 'a>, schedule: Schedule, params: SamplingParams, len: usize) -> f64 {
+    window_test_n(TWIN_DRAWS, target, prompt, proposer, schedule, Verification::Token, params, len, 3)
+}
 
 /// Drafts k tokens per round with a draft model and tests the last `window` of k + 4 generated
 /// tokens: long enough that full rounds of k drafts happen after the first token (which the
@@ -47,6 +65,22 @@ fn general_sequence_test<'a>(
 /// for k drafted tokens after the first, prefill-sampled one).
 #[allow(clippy::too_many_arguments)]
 fn window_test<'a>(
+    target: &Markov,
+    prompt: &[u32],
+    proposer: impl Fn() -> Box<dyn Proposer + 'a>,
+    schedule: Schedule,
+    verification: Verification,
+    params: SamplingParams,
+    len: usize,
+    window: usize,
+) -> f64 {
+    window_test_n(DRAWS, target, prompt, proposer, schedule, verification, params, len, window)
+}
+
+/// [`window_test`] over `draws` generations (broken twins whose bias is large need fewer).
+#[allow(clippy::too_many_arguments)]
+fn window_test_n<'a>(
+    draws: u64,
     target: &Markov,
     prompt: &[u32],
     proposer: impl Fn() -> Box<dyn Proposer + 'a>,
@@ -87,7 +121,7 @@ fn window_test<'a>(
         schedule,
         verification,
     };
-    for seed in 0..DRAWS {
+    for seed in 0..draws {
         let mut proposer = proposer();
         let out = generate_speculative(target, proposer.as_mut(), prompt, &[], &cfg(seed), |_| {}).unwrap();
         let cell = out.generation.tokens[len - window..].iter().rev().fold(0, |acc, &t| acc * v + t as usize);
@@ -114,6 +148,10 @@ fn speculative_sequences_follow_the_target_distribution() {
     assert!(sequence_test(&t, &close, 4, SamplingParams { temperature: 0.7, top_k: 0, top_p: 0.9 }, 3) > MIN_P);
     // The first three tokens too: the prefill's sample and the first round's.
     assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&close, 64).unwrap()), Schedule::Fixed { k: 2 }, SamplingParams::with_temperature(1.0), 3, 3) > MIN_P);
+    // The broken twin through the same loop: after a rejection, a token from p, not the residual.
+    assert_caught("a draft model with fixed k", Fault::ResampleFromP, || {
+        twin_test(&t, &[0], || Box::new(DraftModel::new(&close, 64).unwrap()), Schedule::Fixed { k: 2 }, SamplingParams::with_temperature(1.0), 6)
+    });
 }
 
 #[test]
@@ -290,6 +328,11 @@ fn deterministic_ngram_proposals_stay_lossless() {
     let p = general_sequence_test(&t, &prompt, || Box::new(NGram::new(3, 1).unwrap()), Schedule::Fixed { k: 3 },
         SamplingParams::with_temperature(1.0), 7, 3);
     assert!(p > MIN_P);
+    // One-hot q: the residual of a rejected lookup is p without the proposed token, and drawing
+    // from p instead re-emits that token too often.
+    assert_caught("prompt lookup", Fault::ResampleFromP, || {
+        twin_test(&t, &prompt, || Box::new(NGram::new(3, 1).unwrap()), Schedule::Fixed { k: 3 }, SamplingParams::with_temperature(1.0), 7)
+    });
 }
 
 #[test]
@@ -305,6 +348,65 @@ fn adaptive_schedules_and_confidence_stops_stay_lossless() {
     let confident = || Box::new(DraftModel::new(&d, 64).unwrap().with_confidence_stop(0.35)) as Box<dyn Proposer>;
     assert!(general_sequence_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 8, 3) > MIN_P);
     assert!(general_sequence_test(&t, &[0], || Box::new(DraftModel::new(&d, 64).unwrap()), auto(), params, 12, 3) > MIN_P);
+}
+
+/// The broken twins of the schedules and of the confidence stop, through the same loop and test.
+/// A schedule only picks k from rounds already verified, so no bug of its own can bias the
+/// output; what a schedule changes is the mix of draft lengths, rejection positions and bonus
+/// tokens the verifier sees, and the twin shows the test still notices a wrong residual under
+/// that mix. The confidence stop decides what is proposed, so its twin is its own plausible
+/// bug: judging the sampled token instead of the row (the proposals are then not drawn from q).
+#[test]
+fn schedules_and_confidence_stops_have_broken_twins_the_test_catches() {
+    let t = target();
+    let d = close_draft();
+    let params = SamplingParams::with_temperature(1.0);
+    let draft = || Box::new(DraftModel::new(&d, 64).unwrap()) as Box<dyn Proposer>;
+    let schedules = [
+        ("the heuristic schedule", Schedule::Heuristic { initial: 1, min: 1, max: 6 }),
+        ("the optimal schedule", Schedule::Optimal { max: 6, c: 0.2 }),
+        ("the auto schedule", auto()),
+    ];
+    for (what, schedule) in schedules {
+        assert_caught(what, Fault::ResampleFromP, || twin_test(&t, &[0], draft, schedule, params, 12));
+    }
+    let confident = || Box::new(DraftModel::new(&d, 64).unwrap().with_confidence_stop(0.35)) as Box<dyn Proposer>;
+    assert_caught("the confidence stop", Fault::ConfidenceOfSampledToken, || twin_test(&t, &[0], confident, Schedule::Fixed { k: 4 }, params, 8));
+}
+
+#[test]
+fn extended_ids_drafting_is_lossless_and_its_broken_twin_is_caught() {
+    // The target has one id more than the draft (4, as a target adds special tokens after the
+    // draft's last id), emitted now and then: the draft's q, padded with a zero for it, must
+    // leave the residual to produce it. After the target emits it the draft cannot read the
+    // context and the target decodes alone.
+    let t = Markov::from_probs(&[
+        &[0.10, 0.40, 0.20, 0.25, 0.05],
+        &[0.30, 0.05, 0.30, 0.30, 0.05],
+        &[0.25, 0.25, 0.25, 0.20, 0.05],
+        &[0.05, 0.10, 0.10, 0.70, 0.05],
+        &[0.50, 0.10, 0.10, 0.20, 0.10],
+    ]);
+    let d = Markov::from_probs(&[
+        &[0.25, 0.25, 0.25, 0.25],
+        &[0.10, 0.30, 0.30, 0.30],
+        &[0.40, 0.10, 0.40, 0.10],
+        &[0.20, 0.20, 0.20, 0.40],
+    ]);
+    let extended = || Box::new(ExtendedIds::new(&d, 64, 5).unwrap()) as Box<dyn Proposer>;
+    let params = SamplingParams::with_temperature(1.0);
+    assert!(general_sequence_test(&t, &[0], extended, Schedule::Fixed { k: 3 }, params, 7, 3) > MIN_P);
+    assert!(window_test(&t, &[0], extended, Schedule::Fixed { k: 3 }, Verification::Block, params, 7, 3) > MIN_P);
+    assert_caught("extended ids", Fault::ResampleFromP, || twin_test(&t, &[0], extended, Schedule::Fixed { k: 3 }, params, 7));
+    // It drafts, and the target does emit the id the draft lacks.
+    let gen = GenerationConfig { max_new_tokens: 7, sampling: params, seed: 0, stop_at_eos: false };
+    let (mut drafted, mut extra) = (0, 0);
+    for seed in 0..200 {
+        let out = generate_speculative(&t, extended().as_mut(), &[0], &[], &SpecConfig::fixed(GenerationConfig { seed, ..gen.clone() }, 3), |_| {}).unwrap();
+        drafted += out.metrics.drafted;
+        extra += out.generation.tokens.iter().filter(|&&x| x == 4).count();
+    }
+    assert!(drafted > 400 && extra > 10, "{drafted} drafted, id 4 emitted {extra} times");
 }
 
 #[test]
@@ -424,4 +526,74 @@ fn a_truncated_draft_vocabulary_is_lossless_and_its_broken_twin_is_caught() {
     let out = generate_speculative(&t, &mut proposer, &[1], &[], &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
     assert_eq!(out.generation.tokens, want);
     assert!(out.metrics.drafted > 0);
+}
+
+/// The tiny random-weight Llama (2 layers, 260 ids), the only family fixture with early exit.
+fn tiny_llama() -> Box<dyn engine::model::CausalLm> {
+    let g = engine::gguf::Gguf::open(common::fixtures().join("tiny").join("llama.gguf")).unwrap();
+    engine::model::load_gguf(&g, &burn::tensor::Device::flex()).unwrap()
+}
+
+/// χ² of `draws` speculative `len`-token continuations of `prompt` against the target's exact
+/// distribution over them, found by walking the tree of every continuation the warping allows
+/// (top-k keeps it small) with one target forward per prefix. Works for any target, not only
+/// a Markov one; a continuation outside the tree counts in a cell expected to stay empty.
+fn tree_test<'a>(target: &dyn engine::model::CausalLm, prompt: &[u32], proposer: impl Fn() -> Box<dyn Proposer + 'a>, k: usize, params: SamplingParams, len: usize, draws: u64) -> f64 {
+    use engine::model::LogitRows;
+    use std::collections::HashMap;
+    let mut cells: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut expected = Vec::new();
+    let mut frontier = vec![(Vec::<u32>::new(), 1.0f64)];
+    while let Some((prefix, prob)) = frontier.pop() {
+        if prefix.len() == len {
+            cells.insert(prefix, expected.len());
+            expected.push(prob);
+            continue;
+        }
+        let context: Vec<u32> = prompt.iter().chain(&prefix).copied().collect();
+        let mut cache = target.new_cache(prompt.len() + len).unwrap();
+        let row = warp(target.forward(&context, &mut cache, LogitRows::Last).unwrap().last(), &params);
+        for (x, &px) in row.as_slice().iter().enumerate() {
+            if px > 0.0 {
+                frontier.push((prefix.iter().copied().chain([x as u32]).collect(), prob * px as f64));
+            }
+        }
+    }
+    let outside = expected.len();
+    expected.push(0.0);
+    let mut counts = vec![0u64; expected.len()];
+    let (mut drafted, mut accepted) = (0, 0);
+    for seed in 0..draws {
+        let cfg = SpecConfig::fixed(GenerationConfig { max_new_tokens: len, sampling: params, seed, stop_at_eos: false }, k);
+        let out = generate_speculative(target, proposer().as_mut(), prompt, &[], &cfg, |_| {}).unwrap();
+        counts[cells.get(&out.generation.tokens).copied().unwrap_or(outside)] += 1;
+        drafted += out.metrics.drafted;
+        accepted += out.metrics.accepted;
+    }
+    let (stat, p) = chi_square_p_value(&counts, &expected);
+    eprintln!("tree test, {} continuations, k={k}, {draws} draws: χ² = {stat:.1}, p = {p:.4}, α̂ = {:.3}", outside, accepted as f64 / drafted as f64);
+    assert!(drafted >= draws, "the proposer must draft");
+    p
+}
+
+#[test]
+fn layer_skip_drafting_is_lossless_and_its_broken_twins_are_caught() {
+    // The tiny Llama's first layer (its own norm and head, its own cache) drafts for both layers.
+    // Top-3 sampling over four tokens: 81 continuations, each with a known probability.
+    let target = tiny_llama();
+    let prompt = [10, 20, 30];
+    let params = SamplingParams { temperature: 1.0, top_k: 3, top_p: 1.0 };
+    let first = engine::model::LayerSkip::new(target.as_ref(), 1).unwrap();
+    let early = || Box::new(DraftModel::new(&first, 16).unwrap()) as Box<dyn Proposer>;
+    // A real model costs about half a millisecond per generation here, so fewer draws than on
+    // the toys: the twins still land far beyond the critical value (χ² ≈ 500 at 2000 draws, and
+    // an impossible continuation for the self-draft's, against ≈ 120 for p = 0.001 at 80 df).
+    assert!(tree_test(target.as_ref(), &prompt, early, 2, params, 4, 6_000) > MIN_P);
+    assert_caught("layer skip", Fault::ResampleFromP, || tree_test(target.as_ref(), &prompt, early, 2, params, 4, 2_000));
+    // All layers: the draft is the target (q = p bitwise), every draft is accepted and a wrong
+    // residual never comes into play, so its twin is the bonus token drawn from the wrong row.
+    let all = engine::model::LayerSkip::new(target.as_ref(), 2).unwrap();
+    let whole = || Box::new(DraftModel::new(&all, 16).unwrap()) as Box<dyn Proposer>;
+    assert!(tree_test(target.as_ref(), &prompt, whole, 2, params, 4, 2_000) > MIN_P);
+    assert_caught("a self-draft", Fault::BonusFromWrongRow, || tree_test(target.as_ref(), &prompt, whole, 2, params, 4, 1_000));
 }

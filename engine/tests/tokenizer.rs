@@ -72,7 +72,7 @@ fn fixture(m: &RealModel) -> Option<Value> {
     let path = fixtures_dir().join(m.fixture?);
     if !path.is_file() {
         if skip_real() {
-            eprintln!("skipping reference checks: {} not found and SPECDEC_SKIP_REAL=1", path.display());
+            common::report_skip(&format!("reference checks: {} not found and SPECDEC_SKIP_REAL=1", path.display()));
             return None;
         }
         panic!("reference fixture {} not found (it is generated with transformers)", path.display());

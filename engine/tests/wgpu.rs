@@ -30,7 +30,7 @@ fn device() -> Option<Device> {
         Ok(device) => Some(device.clone()),
         Err(e) if requested => panic!("SPECDEC_WGPU=1 but no wgpu adapter works here ({e}); install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers"),
         Err(e) => {
-            eprintln!("skipping: no wgpu adapter on this machine ({e}); set SPECDEC_WGPU=1 to make that a failure");
+            common::report_skip(&format!("no wgpu adapter on this machine ({e}); set SPECDEC_WGPU=1 to make that a failure"));
             None
         }
     }

@@ -754,14 +754,8 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let h = engine::stats::chi_square_homogeneity(&speculative, &plain);
     // The smallest total-variation distance this comparison could tell from sampling noise.
     let tv_noise = engine::stats::total_variation_noise(&speculative, &plain, 200, 0.95, args.seed);
-    let verdict = if !h.is_testable() {
-        "insufficient"
-    } else if h.p_value >= args.alpha {
-        "consistent"
-    } else {
-        "rejected"
-    };
-    let lossless = verdict == "consistent";
+    let verdict = CertifyVerdict::of(&h, args.alpha);
+    let lossless = verdict == CertifyVerdict::Consistent;
     let alpha_hat = if drafted > 0 { accepted as f64 / drafted as f64 } else { 0.0 };
     if args.json {
         let json = serde_json::json!({
@@ -787,19 +781,50 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
         println!(
             "verdict: {}",
             match verdict {
-                "consistent" => format!("consistent with lossless speculative decoding (p ≥ {})", args.alpha),
-                "rejected" => format!("REJECTED: the distributions differ (p < {})", args.alpha),
-                _ => format!(
+                CertifyVerdict::Consistent => format!("consistent with lossless speculative decoding (p ≥ {})", args.alpha),
+                CertifyVerdict::Rejected => format!("REJECTED: the distributions differ (p < {})", args.alpha),
+                CertifyVerdict::Insufficient => format!(
                     "INSUFFICIENT: {} cell(s) after pooling, no test possible; use fewer --max-new-tokens, a --top-k, or more --samples",
                     h.cells
                 ),
             }
         );
     }
-    match verdict {
-        "consistent" => Ok(()),
-        "rejected" => std::process::exit(2),
-        _ => std::process::exit(3),
+    match verdict.exit_code() {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
+}
+
+/// What `certify` concluded; each verdict has its own exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum CertifyVerdict {
+    /// The test ran and found no difference at the significance level.
+    Consistent,
+    /// The distributions differ at the significance level.
+    Rejected,
+    /// Pooling left fewer than two cells: no test was possible, which is not a pass.
+    Insufficient,
+}
+
+impl CertifyVerdict {
+    fn of(h: &engine::stats::Homogeneity, alpha: f64) -> Self {
+        if !h.is_testable() {
+            CertifyVerdict::Insufficient
+        } else if h.p_value >= alpha {
+            CertifyVerdict::Consistent
+        } else {
+            CertifyVerdict::Rejected
+        }
+    }
+
+    fn exit_code(self) -> i32 {
+        match self {
+            CertifyVerdict::Consistent => 0,
+            CertifyVerdict::Rejected => 2,
+            CertifyVerdict::Insufficient => 3,
+        }
     }
 }
 

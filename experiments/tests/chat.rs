@@ -124,7 +124,7 @@ fn ctrl_d_in_a_terminal_ends_the_chat() {
     // util-linux `script` runs the chat on a pseudo-terminal; ^D at the start of a line is the
     // terminal's end of input.
     if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipping: no `script` (util-linux) for a pseudo-terminal");
+        report_skip("no `script` (util-linux) for a pseudo-terminal");
         return;
     }
     let args = tiny_args(&[]);
@@ -158,7 +158,7 @@ fn ctrl_d_in_a_terminal_ends_the_chat() {
 #[test]
 fn real_model_replies_end_at_the_end_of_turn_token_and_print_no_special_tokens() {
     if std::env::var("SPECDEC_SKIP_REAL").is_ok_and(|v| v == "1") {
-        eprintln!("skipping: SPECDEC_SKIP_REAL=1");
+        report_skip("SPECDEC_SKIP_REAL=1");
         return;
     }
     let input = "What is 2 + 2? Answer with one number only.\nAnd 3 + 3?\n/stats\n";
@@ -188,4 +188,13 @@ fn real_model_replies_end_at_the_end_of_turn_token_and_print_no_special_tokens()
     assert!(out.starts_with(lines[0]["text"].as_str().unwrap()), "{out}");
     assert!(!out.contains("<|"), "{out}");
     assert!(out.contains("α̂ = 1.000") || out.contains("target-only"), "{out}");
+}
+
+/// Reports a skipped test as `SKIPPED: <test>: <reason>` (the line `.ci/run` counts), straight
+/// to stderr: the test harness captures `eprintln!` from passing tests.
+fn report_skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("(unnamed test)");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }

@@ -184,12 +184,16 @@ impl<'m> DraftModel<'m> {
                 }
             }
             if let Some(threshold) = self.confidence_stop {
-                if top_probability(&row) < threshold {
+                if top_probability(&row) < threshold && !active(Fault::ConfidenceOfSampledToken) {
                     break;
                 }
             }
             let q = warp(&row, &params);
             let j = if params.is_greedy() { argmax(&row) } else { q.sample(sampler.uniform()) };
+            // The deliberate fault: the stop looks at the sampled token instead of the row.
+            if self.confidence_stop.is_some_and(|t| active(Fault::ConfidenceOfSampledToken) && q.get(j) < t) {
+                break;
+            }
             let d = self.token_at(j);
             tokens.push(d);
             probs.push(self.full_q(q));

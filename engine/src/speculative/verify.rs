@@ -94,11 +94,18 @@ pub fn verify(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f64
             }
         }
     }
+    let bonus = bonus_row(p, k);
     let next = match mode {
-        VerifyMode::Greedy => argmax(p[k].as_slice()),
-        VerifyMode::Sample | VerifyMode::Block => p[k].sample(uniforms[k]),
+        VerifyMode::Greedy => argmax(bonus.as_slice()),
+        VerifyMode::Sample | VerifyMode::Block => bonus.sample(uniforms[k]),
     };
     Verdict { accepted: k, next, kind: NextKind::Bonus }
+}
+
+/// The row the bonus token is drawn from once all k drafts are accepted: p_{k+1} (index k), or
+/// under the deliberate off-by-one fault the last drafted position's.
+fn bonus_row(p: &[Probs], k: usize) -> &Probs {
+    if active(Fault::BonusFromWrongRow) { &p[k.saturating_sub(1)] } else { &p[k] }
 }
 
 /// Block verification (module docs): uniforms 0..k test the positions, uniform k draws the
@@ -134,7 +141,7 @@ fn verify_block(p: &[Probs], q: Option<&[Probs]>, drafted: &[u32], uniforms: &[f
         }
     }
     if cut == k {
-        return Verdict { accepted: k, next: p[k].sample(uniforms[k]), kind: NextKind::Bonus };
+        return Verdict { accepted: k, next: bonus_row(p, k).sample(uniforms[k]), kind: NextKind::Bonus };
     }
     let w = if active(Fault::BlockWithoutWeight) { 1.0 } else { weights[cut] };
     let residual: Vec<f64> = p[cut].as_slice().iter().enumerate().map(|(x, &px)| (w * px as f64 - q_at(cut, x)).max(0.0)).collect();

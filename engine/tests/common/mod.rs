@@ -16,11 +16,22 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
 
 static FETCH: Mutex<()> = Mutex::new(());
 
+/// Reports a skipped test as `SKIPPED: <test>: <reason>`, the line `.ci/run` counts. It is
+/// written to the process's stderr directly: the test harness captures `eprintln!` from passing
+/// tests, which would hide the skip.
+pub fn report_skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    // libtest names each test's thread after the test.
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("(unnamed test)");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
+}
+
 /// A real model by short name, downloaded into the engine cache on first use. Returns `None`
-/// (printing why) only when `SPECDEC_SKIP_REAL=1`; otherwise a missing model fails the test.
+/// (reporting the skip) only when `SPECDEC_SKIP_REAL=1`; otherwise a missing model fails the test.
 pub fn real_model(name: &str) -> Option<PathBuf> {
     if std::env::var("SPECDEC_SKIP_REAL").is_ok_and(|v| v == "1") {
-        eprintln!("skipping: SPECDEC_SKIP_REAL=1, real model `{name}` not used");
+        report_skip(&format!("SPECDEC_SKIP_REAL=1, real model `{name}` not used"));
         return None;
     }
     // One download at a time: tests run in parallel threads and share the cache.
