@@ -7,12 +7,14 @@ mod calibrate;
 mod chat;
 mod config;
 mod constraint;
+mod interrupt;
 mod plot;
 mod proposers;
 mod quality;
 mod records;
 mod report;
 mod roofline;
+mod rundir;
 mod runner;
 mod summary;
 mod vocab_freq;
@@ -275,6 +277,12 @@ fn main() {
         Command::Merge { dirs, out } => report::merge(&dirs, &out).map(|_| println!("merged {} shard(s) into {}", dirs.len(), out.display())),
     };
     if let Err(e) = result {
+        // A run that stopped says what it kept; an interrupted one exits with 128 + the signal.
+        if let Some(stopped) = e.downcast_ref::<runner::Stopped>() {
+            let prefix = if interrupt::find(&stopped.cause).is_some() { "" } else { "error: " };
+            eprintln!("{prefix}{stopped}");
+            std::process::exit(stopped.exit_code());
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -698,16 +706,20 @@ fn load_draft(spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {
+    // First, so that no signal from here on can cut a record in half.
+    interrupt::install()?;
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
     let opts = runner::RunOptions { out: args.out, shard: args.shard, quiet: args.quiet, threads: args.threads };
-    let dir = match (&args.resume, &args.config) {
+    // The run directory stays locked until its summaries are written.
+    let run = match (&args.resume, &args.config) {
         (Some(dir), _) => runner::resume(dir, args.quiet)?,
         (None, Some(config)) => runner::run_new(config, &opts)?,
         (None, None) => anyhow::bail!("give a CONFIG.toml or --resume DIR"),
     };
-    let cells = report::finalize(&dir)?;
+    let dir = &run.path;
+    let cells = report::finalize(dir).map_err(|e| runner::stopped(dir, e))?;
     print!("{}", summary::table(&cells));
     println!("\nreport: {}", dir.join("report.md").display());
     Ok(())

@@ -52,7 +52,10 @@ chat = false
 }
 
 fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("tiny")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    // Hidden entries are run folders still being made (see runner::run_new), not runs.
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("tiny"))
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
