@@ -88,6 +88,14 @@ pub enum Error {
 
     #[error("constraint: {0}")]
     Constraint(String),
+
+    // Requests: parameters checked where they are consumed (sampling, draft lengths).
+    #[error("invalid {parameter} {value}: {expected}")]
+    InvalidParameter {
+        parameter: &'static str,
+        value: String,
+        expected: String,
+    },
 }
 
 impl Error {
