@@ -96,6 +96,10 @@ pub enum Error {
         value: String,
         expected: String,
     },
+
+    // Model sources: the model cache.
+    #[error("{path}: cached model does not match its record: {problem}")]
+    CacheMismatch { path: PathBuf, problem: String },
 }
 
 impl Error {

@@ -46,8 +46,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a model: architecture, sizes, quantization, tokenizer, chat template.
     Inspect(InspectArgs),
-    /// List the models known by short name and whether they are cached.
-    Models,
+    /// List the models known by short name and whether they are cached; with --verify, re-hash
+    /// every cached file against the record made when it was fetched.
+    Models {
+        /// Re-hash every cached model file and report ok / mismatch per file (exit 1 on any
+        /// mismatch or missing file).
+        #[arg(long)]
+        verify: bool,
+    },
     /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
     /// compared with a χ² homogeneity test and their total-variation distance.
     Certify(CertifyArgs),
@@ -262,7 +268,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => cmd_generate(args),
         Command::Inspect(args) => cmd_inspect(args),
-        Command::Models => cmd_models(),
+        Command::Models { verify: false } => cmd_models(),
+        Command::Models { verify: true } => cmd_verify_models(),
         Command::Certify(args) => cmd_certify(args),
         Command::Bench(args) => cmd_bench(args),
         Command::Chat(args) => cmd_chat(args),
@@ -871,5 +878,31 @@ fn cmd_models() -> Result<()> {
         println!("{:<20} {:>6}MB  {:<8} {}", m.name, m.size_mb, if cached { "yes" } else { "no" }, m.description);
     }
     println!("\ncache: {} (set SPECDEC_CACHE to move it)", cache.display());
+    Ok(())
+}
+
+fn cmd_verify_models() -> Result<()> {
+    use engine::source::CacheState;
+    let cache = cache_dir()?;
+    let checks = engine::source::verify_cache(&cache)?;
+    let mut bad = 0;
+    for (path, state) in &checks {
+        match state {
+            CacheState::Ok => println!("ok        {}", path.display()),
+            CacheState::Mismatch(problem) => {
+                bad += 1;
+                println!("MISMATCH  {}: {problem} (delete it to fetch it again)", path.display());
+            }
+            CacheState::Missing => {
+                bad += 1;
+                println!("MISSING   {}: recorded but absent", path.display());
+            }
+            CacheState::Unrecorded => println!("no record {}: fetched before records were kept; recorded on its next use", path.display()),
+        }
+    }
+    println!("{} file(s) checked in {}", checks.len(), cache.display());
+    if bad > 0 {
+        anyhow::bail!("{bad} cached file(s) do not match their records");
+    }
     Ok(())
 }

@@ -165,6 +165,32 @@ fn zero_new_tokens_is_an_empty_generation() {
     }
 }
 
+/// `models --verify` re-hashes each cached file against its record: ok / MISMATCH per file, exit
+/// status 1 when any differs.
+#[test]
+fn models_verify_reports_each_cached_file() {
+    let cache = std::env::temp_dir().join(format!("specdec-cli-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(cache.join("models")).unwrap();
+    std::fs::create_dir_all(cache.join("records")).unwrap();
+    let record = |file: &str, bytes: usize, sha: &str| std::fs::write(cache.join("records").join(format!("{file}.json")), format!(r#"{{"file": "{file}", "bytes": {bytes}, "sha256": "{sha}"}}"#)).unwrap();
+    std::fs::write(cache.join("models/good.gguf"), b"hello world").unwrap();
+    record("good.gguf", 11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    let verify = || Command::new(env!("CARGO_BIN_EXE_specdec")).args(["models", "--verify"]).env("SPECDEC_CACHE", &cache).output().unwrap();
+    let o = verify();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && out.contains("ok") && out.contains("good.gguf"), "{out}{}", stderr(&o));
+    // A truncated file.
+    std::fs::write(cache.join("models/cut.gguf"), b"hello").unwrap();
+    record("cut.gguf", 11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    let o = verify();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("MISMATCH") && l.contains("cut.gguf") && l.contains("5 bytes, recorded 11")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("ok") && l.contains("good.gguf")), "{out}");
+    assert!(stderr(&o).contains("1 cached file(s) do not match"), "{}", stderr(&o));
+}
+
 #[test]
 fn offline_hub_is_reported_as_offline() {
     // No network here (and in CI): an hf: source must say so clearly, not hang or panic.
