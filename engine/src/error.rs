@@ -88,6 +88,18 @@ pub enum Error {
 
     #[error("constraint: {0}")]
     Constraint(String),
+
+    // Requests: parameters checked where they are consumed (sampling, draft lengths).
+    #[error("invalid {parameter} {value}: {expected}")]
+    InvalidParameter {
+        parameter: &'static str,
+        value: String,
+        expected: String,
+    },
+
+    // Model sources: the model cache.
+    #[error("{path}: cached model does not match its record: {problem}")]
+    CacheMismatch { path: PathBuf, problem: String },
 }
 
 impl Error {

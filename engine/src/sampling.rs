@@ -70,12 +70,19 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
+    /// Checks what warping needs: a finite temperature ≥ 0 and top-p in (0, 1]. Any top-k is
+    /// meaningful (0 = off; a k at or above the vocabulary keeps every token). Called by every
+    /// generation entry point before any work.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::InvalidArgument(format!("temperature must be ≥ 0, got {}", self.temperature)));
+            return Err(Error::InvalidParameter {
+                parameter: "temperature",
+                value: self.temperature.to_string(),
+                expected: "must be a finite number ≥ 0 (0 = greedy)".into(),
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::InvalidArgument(format!("top-p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::InvalidParameter { parameter: "top-p", value: self.top_p.to_string(), expected: "must be in (0, 1] (1 = off)".into() });
         }
         Ok(())
     }
@@ -274,8 +281,20 @@ mod tests {
 
     #[test]
     fn invalid_parameters_are_rejected() {
-        assert!(SamplingParams::with_temperature(-1.0).validate().is_err());
-        assert!(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.0 }.validate().is_err());
-        assert!(SamplingParams::with_temperature(0.7).validate().is_ok());
+        let refused = |p: SamplingParams| match p.validate() {
+            Err(Error::InvalidParameter { parameter, .. }) => parameter,
+            other => panic!("{p:?} gave {other:?}"),
+        };
+        for t in [-1.0, f32::NAN, f32::INFINITY, -0.001] {
+            assert_eq!(refused(SamplingParams::with_temperature(t)), "temperature");
+        }
+        for top_p in [0.0, -0.5, 1.0001, 1.5, f32::NAN] {
+            assert_eq!(refused(SamplingParams { temperature: 1.0, top_k: 0, top_p }), "top-p");
+        }
+        let e = SamplingParams::with_temperature(-1.0).validate().unwrap_err().to_string();
+        assert_eq!(e, "invalid temperature -1: must be a finite number ≥ 0 (0 = greedy)");
+        for ok in [SamplingParams::with_temperature(0.7), SamplingParams::greedy(), SamplingParams { temperature: 1.0, top_k: usize::MAX, top_p: 1.0 }] {
+            assert!(ok.validate().is_ok(), "{ok:?}");
+        }
     }
 }

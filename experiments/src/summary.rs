@@ -304,8 +304,8 @@ pub fn table(cells: &[CellSummary]) -> String {
 }
 
 /// summary.csv: one row per cell, scalar columns only.
-pub fn write_csv(cells: &[CellSummary], path: &std::path::Path) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_path(path)?;
+pub fn csv_bytes(cells: &[CellSummary]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
         "cell", "kind", "pair", "model", "proposer", "schedule", "k", "temperature", "top_p", "top_k", "max_new_tokens", "prompt_set",
         "records", "new_tokens", "decode_tok_s", "decode_tok_s_ci_low", "decode_tok_s_ci_high", "prefill_tok_s", "speedup",
@@ -351,8 +351,7 @@ pub fn write_csv(cells: &[CellSummary], path: &std::path::Path) -> anyhow::Resul
             u(c.greedy_compared),
         ])?;
     }
-    w.flush()?;
-    Ok(())
+    w.into_inner().map_err(|e| anyhow::anyhow!("summary.csv: {}", e.error()))
 }
 
 #[cfg(test)]

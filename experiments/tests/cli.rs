@@ -107,6 +107,90 @@ fn prompt_longer_than_the_context_is_a_clear_error() {
     assert!(err.contains("context overflow"), "{err}");
 }
 
+/// Each bad request fails with exit status 1 and a message naming the parameter and what it must
+/// be (the engine's check, surfaced by the CLI), never a panic or a silent run.
+#[test]
+fn bad_requests_are_refused_with_the_parameter_named() {
+    let (model, draft) = (tiny("llama.gguf"), tiny("llama-draft.gguf"));
+    let cases: &[(&[&str], &str)] = &[
+        (&["--prompt", ""], "the prompt has no tokens"),
+        (&["--prompt", "hi", "--temperature", "-1"], "invalid temperature -1: must be a finite number ≥ 0"),
+        (&["--prompt", "hi", "--temperature", "NaN"], "invalid temperature NaN"),
+        (&["--prompt", "hi", "--temperature", "inf"], "invalid temperature inf"),
+        (&["--prompt", "hi", "--temperature", "1", "--top-p", "0"], "invalid top-p 0: must be in (0, 1]"),
+        (&["--prompt", "hi", "--temperature", "1", "--top-p", "1.5"], "invalid top-p 1.5"),
+        (&["--prompt", "hi", "--temperature", "1", "--top-p", "-0.5"], "invalid top-p -0.5"),
+        (&["--prompt", "hi", "--draft", &draft, "--schedule", "fixed", "--k", "0"], "invalid k 0: drafts at least 1 token"),
+        (&["--prompt", "hi", "--draft", &draft, "--schedule", "fixed", "--k", "100000"], "invalid k 100000: larger than the target's context of 128"),
+        (&["--prompt", "hi", "--draft", &draft, "--schedule", "heuristic", "--k", "0"], "invalid k 0: the heuristic schedule needs"),
+        (&["--prompt", "hi", "--draft", &draft, "--schedule", "optimal", "--max-k", "1000"], "invalid max k 1000: larger than the target's context"),
+        // Also with speculation: the sampling check comes before any drafting.
+        (&["--prompt", "hi", "--draft", &draft, "--temperature", "-1"], "invalid temperature -1"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec!["generate", "--model", &model];
+        full.extend_from_slice(args);
+        let o = specdec(&full);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: expected `{needle}` in {err}");
+    }
+    // Nonsense top-k is refused by the argument parser (exit 2), naming the option.
+    for bad in ["-3", "abc", "1.5"] {
+        let o = specdec(&["generate", "--model", &model, "--prompt", "hi", "--top-k", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains("--top-k"), "{}", stderr(&o));
+    }
+    // A top-k at or past the vocabulary keeps every token: a valid request.
+    let o = specdec(&["generate", "--model", &model, "--prompt", "hi", "--temperature", "1", "--top-k", "100000000", "--max-new-tokens", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `--max-new-tokens 0` is a defined empty result, not an error: no tokens, stop "max_tokens",
+/// and no forward pass (zero prefill time), with or without a draft.
+#[test]
+fn zero_new_tokens_is_an_empty_generation() {
+    let (model, draft) = (tiny("llama.gguf"), tiny("llama-draft.gguf"));
+    for extra in [&[][..], &["--draft", &draft, "--schedule", "fixed"][..]] {
+        let mut args = vec!["generate", "--model", &model];
+        args.extend_from_slice(&["--prompt", "hi", "--max-new-tokens", "0", "--json"]);
+        args.extend_from_slice(extra);
+        let o = specdec(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["tokens"], serde_json::json!([]), "{j}");
+        assert_eq!(j["text"], "");
+        assert_eq!(j["stop"], "max_tokens");
+        assert_eq!(j["prefill_s"], 0.0);
+    }
+}
+
+/// `models --verify` re-hashes each cached file against its record: ok / MISMATCH per file, exit
+/// status 1 when any differs.
+#[test]
+fn models_verify_reports_each_cached_file() {
+    let cache = std::env::temp_dir().join(format!("specdec-cli-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::create_dir_all(cache.join("models")).unwrap();
+    std::fs::create_dir_all(cache.join("records")).unwrap();
+    let record = |file: &str, bytes: usize, sha: &str| std::fs::write(cache.join("records").join(format!("{file}.json")), format!(r#"{{"file": "{file}", "bytes": {bytes}, "sha256": "{sha}"}}"#)).unwrap();
+    std::fs::write(cache.join("models/good.gguf"), b"hello world").unwrap();
+    record("good.gguf", 11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    let verify = || Command::new(env!("CARGO_BIN_EXE_specdec")).args(["models", "--verify"]).env("SPECDEC_CACHE", &cache).output().unwrap();
+    let o = verify();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success() && out.contains("ok") && out.contains("good.gguf"), "{out}{}", stderr(&o));
+    // A truncated file.
+    std::fs::write(cache.join("models/cut.gguf"), b"hello").unwrap();
+    record("cut.gguf", 11, "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
+    let o = verify();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("MISMATCH") && l.contains("cut.gguf") && l.contains("5 bytes, recorded 11")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("ok") && l.contains("good.gguf")), "{out}");
+    assert!(stderr(&o).contains("1 cached file(s) do not match"), "{}", stderr(&o));
+}
+
 #[test]
 fn offline_hub_is_reported_as_offline() {
     // No network here (and in CI): an hf: source must say so clearly, not hang or panic.

@@ -52,7 +52,10 @@ chat = false
 }
 
 fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("tiny")).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    // Hidden entries are run folders still being made (see runner::run_new), not runs.
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("tiny"))
+        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -246,6 +249,14 @@ fn bad_configs_fail_clearly_and_keep_records() {
     // tested in engine/tests/cross_vocab*.rs and by the seed-study-offline config.)
     let e = run(&cfg.replace("file = \"prompts.jsonl\"", "file = \"missing.jsonl\""));
     assert!(e.contains("missing.jsonl"), "{e}");
+    // Requests the grid cannot make: refused by the config check, or by the engine's own check
+    // (a k past the model's context is only known once the model is loaded).
+    let e = run(&cfg.replace("temperature = [0.0]", "temperature = [nan]"));
+    assert!(e.contains("[grid]: temperatures must be ≥ 0"), "{e}");
+    let e = run(&cfg.replace("k = [2]", "k = [0]"));
+    assert!(e.contains("[grid]: `k` and `max_new_tokens` values must be at least 1"), "{e}");
+    let e = run(&cfg.replace("k = [2]", "k = [1000]"));
+    assert!(e.contains("invalid k 1000: larger than the target's context of 128"), "{e}");
 
     // A context overflow mid-run stops the run with a clear message; earlier records stay.
     let long: String = "{\"id\": \"short\", \"prompt\": \"abc\"}\n".to_string() + &format!("{{\"id\": \"long\", \"prompt\": \"{}\"}}\n", "x".repeat(5000));

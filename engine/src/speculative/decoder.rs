@@ -251,6 +251,7 @@ pub fn continue_speculative(
 ) -> Result<SpecGeneration> {
     let gen = &cfg.generation;
     check_request(context, gen, cache.capacity())?;
+    cfg.schedule.validate(target.config().context_length)?;
     cache.truncate(context.len() - 1);
     let fed = context.len() - cache.len();
     let mode = cfg.mode();

@@ -24,6 +24,38 @@ pub enum Schedule {
     Auto { max: usize, costs: Costs },
 }
 
+impl Schedule {
+    /// Checks the draft lengths against a target with `context` positions: a schedule that may
+    /// draft must be able to draft at least one token, and never more than the context holds.
+    /// (`Auto` may choose k = 0 on its own, but its `max` must allow drafting.)
+    pub fn validate(&self, context: usize) -> crate::Result<()> {
+        let invalid = |parameter: &'static str, value: usize, expected: String| Err(crate::Error::InvalidParameter { parameter, value: value.to_string(), expected });
+        let (parameter, value) = match *self {
+            Schedule::Fixed { k } => ("k", k),
+            Schedule::Heuristic { initial, min, max } => {
+                if min == 0 || initial < min || min > max {
+                    return invalid("k", initial, format!("the heuristic schedule needs 1 ≤ min ({min}) ≤ k ({initial}) ≤ max ({max})"));
+                }
+                ("max k", max)
+            }
+            Schedule::Optimal { max, c } => {
+                if !(c.is_finite() && c >= 0.0) {
+                    return Err(crate::Error::InvalidParameter { parameter: "cost ratio", value: c.to_string(), expected: "must be a finite number ≥ 0".into() });
+                }
+                ("max k", max)
+            }
+            Schedule::Auto { max, .. } => ("max k", max),
+        };
+        if value == 0 {
+            return invalid(parameter, value, "drafts at least 1 token (k = 0 is target-only decoding: decode without a proposer)".into());
+        }
+        if value > context {
+            return invalid(parameter, value, format!("larger than the target's context of {context} positions"));
+        }
+        Ok(())
+    }
+}
+
 /// The longest draft [`Costs`] describes.
 pub const MAX_AUTO_K: usize = 16;
 
@@ -259,6 +291,23 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn draft_lengths_are_checked_against_nothing_and_the_context() {
+        let refused = |s: Schedule| match s.validate(128) {
+            Err(crate::Error::InvalidParameter { parameter, expected, .. }) => format!("{parameter}: {expected}"),
+            other => panic!("{s:?} gave {other:?}"),
+        };
+        assert!(refused(Schedule::Fixed { k: 0 }).starts_with("k: drafts at least 1 token"));
+        assert!(refused(Schedule::Fixed { k: 129 }).contains("context of 128"));
+        assert!(refused(Schedule::Heuristic { initial: 0, min: 1, max: 8 }).starts_with("k: the heuristic schedule needs"));
+        assert!(refused(Schedule::Heuristic { initial: 2, min: 1, max: 500 }).starts_with("max k: larger"));
+        assert!(refused(Schedule::Optimal { max: 0, c: 0.1 }).starts_with("max k: drafts at least"));
+        assert!(refused(Schedule::Optimal { max: 4, c: f64::NAN }).starts_with("cost ratio"));
+        for ok in [Schedule::Fixed { k: 1 }, Schedule::Fixed { k: 128 }, Schedule::Heuristic { initial: 1, min: 1, max: 8 }, Schedule::Optimal { max: 12, c: 0.0 }] {
+            assert!(ok.validate(128).is_ok(), "{ok:?}");
+        }
+    }
+
     use super::*;
 
     #[test]
