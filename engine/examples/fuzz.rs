@@ -59,6 +59,11 @@ fn main() {
         let start = Instant::now();
         let (mut accepted, mut refused, mut panics, mut unnamed) = (0u64, 0u64, 0u64, 0u64);
         for seed in args.seed..args.seed + args.cases {
+            let done = seed - args.seed;
+            if done > 0 && done % 100_000 == 0 {
+                let secs = start.elapsed().as_secs_f64();
+                println!("{}: {done} cases in {secs:.0} s ({:.0} cases/s), {panics} panics so far", target.name(), done as f64 / secs);
+            }
             match std::panic::catch_unwind(|| target.run(&corpus, seed, seed % args.load_every == 0)) {
                 Ok(Ok(Outcome::Accepted)) => accepted += 1,
                 Ok(Ok(Outcome::Refused)) => refused += 1,
