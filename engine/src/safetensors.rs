@@ -141,11 +141,127 @@ fn yes() -> bool {
     true
 }
 
+/// Largest `config.json` or `model.safetensors.index.json` read (real ones are a few kB; the index
+/// of a 400B-parameter model ~100 kB): a bigger file is refused before it is read.
+const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Most shards an index may name (the largest public checkpoints have a few hundred).
+const MAX_SHARDS: usize = 1 << 12;
+
+/// One memory-mapped `.safetensors` file and its header, parsed once at open.
+struct Shard {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    /// Offset of the data section (after the 8-byte length and the JSON header).
+    data_start: usize,
+    tensors: HashMap<String, safetensors::tensor::TensorInfo>,
+}
+
+impl Shard {
+    /// Parses the header of `map`: the safetensors crate bounds the header (100 MB), checks the
+    /// JSON, dtypes, shape products (overflow-checked) and that the data ranges tile the rest of
+    /// the file exactly; a name listed twice (which JSON parsers silently collapse) is refused here.
+    fn parse(path: PathBuf, map: Arc<Mmap>) -> Result<Self> {
+        let bad = |problem: String| Error::Safetensors { path: path.clone(), problem };
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+        let header = std::str::from_utf8(&map[8..8 + header_len]).map_err(|e| bad(e.to_string()))?;
+        if let Some(name) = duplicate_key(header) {
+            return Err(bad(format!("tensor `{name}` is listed twice in the header")));
+        }
+        let tensors = meta.tensors().into_iter().map(|(name, info)| (name, info.clone())).collect();
+        Ok(Shard { data_start: 8 + header_len, tensors, path, map })
+    }
+
+    /// The bytes of tensor `info` (validated against the file at parse).
+    fn data(&self, info: &safetensors::tensor::TensorInfo) -> &[u8] {
+        let (s, e) = info.data_offsets;
+        &self.map[self.data_start + s..self.data_start + e]
+    }
+}
+
+/// The first key a JSON object lists twice, if any (`None` also for text that is not an object:
+/// the caller has parsed it already).
+fn duplicate_key(json: &str) -> Option<String> {
+    struct FirstDuplicate;
+    impl<'de> serde::de::Visitor<'de> for FirstDuplicate {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            // The whole map is read even after a duplicate: the deserializer checks its end.
+            let (mut seen, mut first) = (std::collections::HashSet::new(), None);
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if first.is_none() && !seen.insert(key.clone()) {
+                    first = Some(key);
+                }
+            }
+            Ok(first)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde::Deserializer::deserialize_map(&mut de, FirstDuplicate).ok().flatten()
+}
+
+/// A JSON file of the model directory, refused unread when larger than [`MAX_JSON_BYTES`].
+fn read_json_file(path: &Path) -> Result<String> {
+    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_JSON_BYTES {
+        return Err(Error::Metadata {
+            path: path.into(),
+            key: "file size".into(),
+            problem: format!("{len} bytes, more than the {MAX_JSON_BYTES} a JSON file of a model directory may have"),
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// `config.json`'s text as the common fields and the whole document.
+fn parse_config(path: &Path, text: &str) -> Result<HfConfig> {
+    let invalid = |e: serde_json::Error| Error::Metadata { path: path.into(), key: "config.json".into(), problem: e.to_string() };
+    let json: Value = serde_json::from_str(text).map_err(invalid)?;
+    Ok(HfConfig { json: json.clone(), ..HfConfig::deserialize(&json).map_err(invalid)? })
+}
+
+/// The shard files an index names: plain file names inside the model directory (an index from
+/// elsewhere must not make us map `../../x` or `/etc/x`), at most [`MAX_SHARDS`] of them.
+fn shard_names(index_path: &Path) -> Result<Vec<String>> {
+    read_json_file(index_path)?;
+    let names = safetensors_shards(index_path)?;
+    let bad = |problem: String| Error::Safetensors { path: index_path.into(), problem };
+    if names.len() > MAX_SHARDS {
+        return Err(bad(format!("{} shards listed, more than {MAX_SHARDS}", names.len())));
+    }
+    for name in &names {
+        let mut parts = Path::new(name).components();
+        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) || name.contains(['/', '\\']) {
+            return Err(bad(format!("shard `{name}` is not a file name inside the model directory")));
+        }
+    }
+    Ok(names)
+}
+
+/// Tensor name → shard, refusing a name two shards both hold.
+fn tensor_index(shards: &[Shard]) -> Result<HashMap<String, usize>> {
+    let mut index = HashMap::new();
+    for (i, shard) in shards.iter().enumerate() {
+        for name in shard.tensors.keys() {
+            if let Some(j) = index.insert(name.clone(), i) {
+                return Err(Error::Safetensors {
+                    path: shard.path.clone(),
+                    problem: format!("tensor `{name}` is also in {}", shards[j].path.display()),
+                });
+            }
+        }
+    }
+    Ok(index)
+}
+
 /// An opened HF directory.
 pub struct HfModelDir {
     dir: PathBuf,
     pub config: HfConfig,
-    shards: Vec<(PathBuf, Arc<Mmap>)>,
+    shards: Vec<Shard>,
     /// tensor name → shard index
     index: HashMap<String, usize>,
 }
@@ -154,33 +270,39 @@ impl HfModelDir {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let invalid = |e: serde_json::Error| Error::Metadata { path: config_path.clone(), key: "config.json".into(), problem: e.to_string() };
-        let json: Value = serde_json::from_str(&text).map_err(invalid)?;
-        let config = HfConfig { json: json.clone(), ..HfConfig::deserialize(&json).map_err(invalid)? };
+        let config = parse_config(&config_path, &read_json_file(&config_path)?)?;
         let index_path = dir.join("model.safetensors.index.json");
-        let files = if index_path.is_file() { safetensors_shards(&index_path)? } else { vec!["model.safetensors".to_string()] };
+        let files = if index_path.is_file() { shard_names(&index_path)? } else { vec!["model.safetensors".to_string()] };
         let mut shards = Vec::new();
-        let mut index = HashMap::new();
         for name in files {
             let path = dir.join(&name);
             let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: read-only map of a file we do not modify.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let names = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::Safetensors { path: path.clone(), problem: e.to_string() })?
-                .1
-                .tensors()
-                .into_keys()
-                .collect::<Vec<_>>();
-            for n in names {
-                index.insert(n, shards.len());
-            }
-            shards.push((path, Arc::new(mmap)));
+            shards.push(Shard::parse(path, Arc::new(mmap))?);
         }
+        let index = tensor_index(&shards)?;
         if index_path.is_file() {
             check_index(&index_path, &index, &shards)?;
         }
+        Ok(HfModelDir { dir, config, shards, index })
+    }
+
+    /// A directory held in memory, as if read from `dir` (which only names it in errors):
+    /// `config_json` and the shards' bytes by file name (copied into anonymous maps). For checking
+    /// files' contents without writing them out.
+    pub fn from_memory(dir: impl Into<PathBuf>, config_json: &str, shards: &[(&str, &[u8])]) -> Result<Self> {
+        let dir = dir.into();
+        let config = parse_config(&dir.join("config.json"), config_json)?;
+        let shards = shards
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.join(name);
+                let map = crate::gguf::anonymous_map(bytes).map_err(|e| Error::io(&path, e))?;
+                Shard::parse(path, Arc::new(map))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let index = tensor_index(&shards)?;
         Ok(HfModelDir { dir, config, shards, index })
     }
 
@@ -192,13 +314,12 @@ impl HfModelDir {
     /// Tensor dtype → (tensor count, parameters).
     pub fn dtype_histogram(&self) -> std::collections::BTreeMap<String, (usize, u64)> {
         let mut out = std::collections::BTreeMap::<String, (usize, u64)>::new();
-        for (_, mmap) in &self.shards {
-            if let Ok((_, meta)) = SafeTensors::read_metadata(mmap) {
-                for info in meta.tensors().values() {
-                    let e = out.entry(format!("{:?}", info.dtype)).or_default();
-                    e.0 += 1;
-                    e.1 += info.shape.iter().product::<usize>() as u64;
-                }
+        for shard in &self.shards {
+            for info in shard.tensors.values() {
+                let e = out.entry(format!("{:?}", info.dtype)).or_default();
+                e.0 += 1;
+                // Shape products were checked at open (they fit the file).
+                e.1 += info.shape.iter().product::<usize>() as u64;
             }
         }
         out
@@ -261,7 +382,10 @@ impl HfModelDir {
             .rope_theta
             .or_else(|| params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
             .unwrap_or(10_000.0);
-        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1));
+        let head_dim = match c.head_dim {
+            Some(d) => d,
+            None => heads_divide(c.hidden_size, c.num_attention_heads).map_err(|p| self.unsupported("num_attention_heads", p))?,
+        };
         Ok(ModelConfig {
             architecture: self.config.model_type.clone(),
             name: self.name(),
@@ -299,7 +423,7 @@ impl HfModelDir {
         let param = |k: &str| params.and_then(|p| p.get(k)).and_then(|v| v.as_f64());
         let fraction = c.rotary_pct.or_else(|| param("partial_rotary_factor")).unwrap_or(0.25);
         let rope_theta = c.rotary_emb_base.or_else(|| param("rope_theta")).unwrap_or(10_000.0);
-        let head_dim = c.hidden_size / c.num_attention_heads.max(1);
+        let head_dim = heads_divide(c.hidden_size, c.num_attention_heads).map_err(|p| self.unsupported("num_attention_heads", p))?;
         let base = ModelConfig {
             architecture: self.config.model_type.clone(),
             name: self.name(),
@@ -350,6 +474,7 @@ impl HfModelDir {
         }
         let theta = |k: &str| kind(k).and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64());
         let n = c.num_hidden_layers;
+        crate::model::check_layer_count(n, &self.config_path())?;
         let local_layers = match &c.layer_types {
             Some(types) => {
                 if types.len() != n {
@@ -407,12 +532,20 @@ impl HfModelDir {
     /// The shard holding `hf`, opened.
     fn tensor(&self, hf: &str) -> Result<Option<(&Path, &Arc<Mmap>, safetensors::tensor::TensorView<'_>)>> {
         let Some(&shard) = self.index.get(hf) else { return Ok(None) };
-        let (path, mmap) = &self.shards[shard];
-        let bad = |problem: String| Error::Safetensors { path: path.clone(), problem };
-        let st = SafeTensors::deserialize(mmap).map_err(|e| bad(e.to_string()))?;
-        let view = st.tensor(hf).map_err(|e| bad(format!("{hf}: {e}")))?;
-        Ok(Some((path, mmap, view)))
+        let shard = &self.shards[shard];
+        let info = &shard.tensors[hf];
+        let view = safetensors::tensor::TensorView::new(info.dtype, info.shape.clone(), shard.data(info))
+            .map_err(|e| Error::Safetensors { path: shard.path.clone(), problem: format!("{hf}: {e}") })?;
+        Ok(Some((&shard.path, &shard.map, view)))
     }
+}
+
+/// The head size `hidden / heads`, or why there is none.
+fn heads_divide(hidden: usize, heads: usize) -> std::result::Result<usize, String> {
+    if heads == 0 || hidden % heads != 0 {
+        return Err(format!("{heads} heads do not divide the hidden size {hidden}"));
+    }
+    Ok(hidden / heads)
 }
 
 /// `Err((key, problem))` when a rope parameter block asks for anything but plain RoPE.
@@ -513,14 +646,14 @@ fn gemma3_name(gguf: &str, untied: bool) -> Option<(String, f32)> {
     Some((format!("model.layers.{layer}.{hf}.{kind}"), shift))
 }
 
-fn check_index(index_path: &Path, found: &HashMap<String, usize>, shards: &[(PathBuf, Arc<Mmap>)]) -> Result<()> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+fn check_index(index_path: &Path, found: &HashMap<String, usize>, shards: &[Shard]) -> Result<()> {
+    let text = read_json_file(index_path)?;
     let json: Value = serde_json::from_str(&text).map_err(|e| Error::Safetensors { path: index_path.into(), problem: e.to_string() })?;
     let map = json["weight_map"].as_object().into_iter().flatten();
     for (tensor, shard) in map {
         let expected = shard.as_str().unwrap_or_default();
         match found.get(tensor) {
-            Some(&i) if shards[i].0.file_name().is_some_and(|f| f == expected) => {}
+            Some(&i) if shards[i].path.file_name().is_some_and(|f| f == expected) => {}
             _ => {
                 return Err(Error::Safetensors {
                     path: index_path.into(),
@@ -588,6 +721,14 @@ mod tests {
         let config: HfConfig = serde_json::from_str(json).unwrap();
         let config = HfConfig { json: serde_json::from_str(json).unwrap(), ..config };
         HfModelDir { dir: PathBuf::from(format!("/nonexistent/{tag}")), config, shards: vec![], index: HashMap::new() }
+    }
+
+    #[test]
+    fn duplicate_keys_are_found() {
+        assert_eq!(duplicate_key(r#"{"a": {"x": 1}, "b": [1, {"a": 2}], "a": 3}"#).as_deref(), Some("a"));
+        assert_eq!(duplicate_key(r#"{"a": {"x": 1}, "b": 2}"#), None);
+        let st = r#"{"l":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"format":"pt"},"l":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"m":{}}"#;
+        assert_eq!(duplicate_key(st).as_deref(), Some("l"));
     }
 
     #[test]

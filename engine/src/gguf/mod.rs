@@ -26,6 +26,17 @@ use std::sync::Arc;
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 
+// Limits on what a header may claim, far above any real model (the largest vocabularies are ~2.6e5
+// tokens, the largest models ~1e4 tensors, chat templates ~1e5 bytes) and far below what would
+// exhaust memory: counts and lengths are also checked against the bytes left in the file.
+const MAX_TENSORS: u64 = 1 << 20;
+const MAX_METADATA: u64 = 1 << 20;
+const MAX_ARRAY_LEN: u64 = 1 << 24;
+const MAX_STRING_LEN: u64 = 1 << 26;
+/// Arrays of arrays: llama.cpp writes none deeper than 2.
+const MAX_ARRAY_DEPTH: usize = 4;
+const MAX_ALIGNMENT: u64 = 1 << 16;
+
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
@@ -86,7 +97,7 @@ impl MetaArray {
         let mut c = self.cursor();
         let mut out = Vec::with_capacity(self.len);
         for _ in 0..self.len {
-            let n = c.count("string", 1).ok()?;
+            let n = c.string_len("string").ok()?;
             out.push(String::from_utf8_lossy(c.take(n, "string").ok()?));
         }
         Some(out)
@@ -247,17 +258,25 @@ impl<'a> Cursor<'a> {
     fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
-    /// A count that must be satisfiable by the bytes left (each item takes at least `min_item` bytes).
-    fn count(&mut self, what: &str, min_item: usize) -> std::result::Result<usize, String> {
+    /// A count that must be satisfiable by the bytes left (each item takes at least `min_item`
+    /// bytes) and at most `max`: checked before anything is allocated for the items.
+    fn count(&mut self, what: &str, min_item: usize, max: u64) -> std::result::Result<usize, String> {
         let n = self.u64(what)?;
+        if n > max {
+            return Err(format!("{what} = {n} exceeds the limit of {max}"));
+        }
         let left = (self.bytes.len() - self.pos) as u64;
         if n.saturating_mul(min_item as u64) > left {
             return Err(format!("{what} = {n} is impossible with {left} bytes left"));
         }
         Ok(n as usize)
     }
+    /// A string's length, checked as [`count`](Self::count) checks counts.
+    fn string_len(&mut self, what: &str) -> std::result::Result<usize, String> {
+        self.count(&format!("{what} length"), 1, MAX_STRING_LEN)
+    }
     fn string(&mut self, what: &str) -> std::result::Result<String, String> {
-        let n = self.count(what, 1)?;
+        let n = self.string_len(what)?;
         let b = self.take(n, what)?;
         // Some converters wrote invalid UTF-8 in token lists; keep the bytes visible rather than fail.
         Ok(String::from_utf8(b.to_vec()).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
@@ -274,11 +293,12 @@ impl<'a> Cursor<'a> {
             7 => MetaValue::Bool(self.array::<1>("bool")?[0] != 0),
             8 => MetaValue::String(self.string("string")?),
             9 => {
-                if depth > 4 {
-                    return Err("metadata arrays nested too deeply".into());
+                if depth > MAX_ARRAY_DEPTH {
+                    return Err(format!("metadata arrays nested deeper than {MAX_ARRAY_DEPTH}"));
                 }
                 let elem = self.u32("array type")?;
-                let len = self.count("array length", 1)?;
+                let min_item = min_value_size(elem).ok_or_else(|| format!("unknown array element type {elem}"))?;
+                let len = self.count("array length", min_item, MAX_ARRAY_LEN)?;
                 let start = self.pos;
                 for _ in 0..len {
                     self.skip(elem, depth + 1)?;
@@ -299,7 +319,7 @@ impl<'a> Cursor<'a> {
             4..=6 => 4,
             10..=12 => 8,
             8 => {
-                let n = self.count("string", 1)?;
+                let n = self.string_len("string")?;
                 return self.take(n, "string").map(drop);
             }
             9 => return self.value(9, depth).map(drop),
@@ -307,6 +327,19 @@ impl<'a> Cursor<'a> {
         };
         self.take(fixed, "array element").map(drop)
     }
+}
+
+/// The fewest bytes a metadata value of type `ty` takes (a string or array at least its length
+/// field, an array also its element type), or `None` for an unknown type.
+fn min_value_size(ty: u32) -> Option<usize> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => return None,
+    })
 }
 
 impl Gguf {
@@ -318,6 +351,13 @@ impl Gguf {
         // (as for every mmap-based loader), all offsets are validated against the length at open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         Self::parse(path, Arc::new(mmap))
+    }
+
+    /// Parses a GGUF image held in memory (copied into an anonymous map), as if read from `path`,
+    /// which only names it in errors: for checking a file's bytes without writing them out.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: &[u8]) -> Result<Self> {
+        let path = path.into();
+        Self::parse(path.clone(), Arc::new(anonymous_map(bytes).map_err(|e| Error::io(&path, e))?))
     }
 
     fn parse(path: PathBuf, mmap: Arc<Mmap>) -> Result<Self> {
@@ -332,16 +372,22 @@ impl Gguf {
             return Err(bad(format!("unsupported GGUF version {version} (supported: 2, 3)")));
         }
         // A tensor info takes at least 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes.
-        let n_tensors = c.count("tensor count", 24).map_err(bad)?;
-        let n_kv = c.count("metadata count", 12).map_err(bad)?;
+        let n_tensors = c.count("tensor count", 24, MAX_TENSORS).map_err(bad)?;
+        // A key/value takes at least 8 (key len) + 4 (type) + 1 (smallest value) bytes.
+        let n_kv = c.count("metadata count", 13, MAX_METADATA).map_err(bad)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string("metadata key").map_err(bad)?;
             let ty = c.u32("metadata type").map_err(bad)?;
             let value = c.value(ty, 0).map_err(|e| bad(format!("metadata `{key}`: {e}")))?;
+            if metadata.contains_key(&key) {
+                return Err(bad(format!("duplicate metadata key `{key}`")));
+            }
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(n_tensors);
+        // Grown as entries are read: the count was checked against the file, but an entry in memory
+        // is larger than its 24-byte minimum on disk.
+        let mut tensors = Vec::new();
         for _ in 0..n_tensors {
             let name = c.string("tensor name").map_err(bad)?;
             let n_dims = c.u32("tensor dims").map_err(bad)? as usize;
@@ -364,16 +410,25 @@ impl Gguf {
         }
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
-                bad(format!("general.alignment {v:?} is not a power of two"))
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two() && *a <= MAX_ALIGNMENT).ok_or_else(|| {
+                bad(format!("general.alignment {v:?} is not a power of two up to {MAX_ALIGNMENT}"))
             })?,
         };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+        if !tensors.is_empty() && data_start > mmap.len() as u64 {
+            return Err(bad(format!(
+                "tensor data would start at byte {data_start}, past the end of the file ({} bytes; truncated?)",
+                mmap.len()
+            )));
+        }
         let data_len = (mmap.len() as u64).saturating_sub(data_start);
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             let n = t.dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let Some(n) = n else { return Err(bad(format!("tensor `{}` is too large", t.name))) };
+            let size = n.and_then(|n| (n / t.dtype.block_size()).checked_mul(t.dtype.block_bytes()));
+            let (Some(n), Some(size)) = (n, size) else {
+                return Err(bad(format!("tensor `{}` with dims {:?}: size overflows", t.name, t.dims)));
+            };
             if n % t.dtype.block_size() != 0 || t.dims[0] % t.dtype.block_size() != 0 {
                 return Err(bad(format!(
                     "tensor `{}` row length {} is not a multiple of the {:?} block size {}",
@@ -383,16 +438,25 @@ impl Gguf {
             if t.offset % alignment != 0 {
                 return Err(bad(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
             }
-            let end = t.offset.checked_add(t.dtype.bytes_for(n) as u64);
-            if end.is_none_or(|e| e > data_len) {
+            if t.offset.checked_add(size as u64).is_none_or(|e| e > data_len) {
                 return Err(bad(format!(
-                    "tensor `{}` ({} bytes at offset {}) runs past the end of the file (truncated download?)",
-                    t.name, t.dtype.bytes_for(n), t.offset
+                    "tensor `{}` ({size} bytes at offset {}) runs past the end of the file (truncated download?)",
+                    t.name, t.offset
                 )));
             }
             if by_name.insert(t.name.clone(), i).is_some() {
                 return Err(bad(format!("duplicate tensor `{}`", t.name)));
             }
+        }
+        // Two tensors sharing bytes would alias each other's weights: no writer does that.
+        let mut ranges: Vec<(u64, u64, &str)> = tensors
+            .iter()
+            .map(|t| (t.offset, t.offset + t.n_bytes() as u64, t.name.as_str()))
+            .filter(|r| r.1 > r.0)
+            .collect();
+        ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(bad(format!("tensors `{}` and `{}` overlap in the data section", w[0].2, w[1].2)));
         }
         Ok(Gguf { path, mmap, version, metadata, tensors, by_name, data_start: data_start as usize })
     }
@@ -496,6 +560,13 @@ impl Gguf {
             .map_err(|problem| Error::Gguf { path: self.path.clone(), problem: format!("tensor `{name}`: {problem}") })?;
         Ok((out, info.shape()))
     }
+}
+
+/// An anonymous read-only map holding a copy of `bytes` (a zero-length map is allowed).
+pub(crate) fn anonymous_map(bytes: &[u8]) -> std::io::Result<Mmap> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len())?;
+    map.copy_from_slice(bytes);
+    map.make_read_only()
 }
 
 /// Bytes of a tensor: a range of a shared memory map (zero-copy) or an owned buffer.

@@ -209,7 +209,7 @@ fn arrays_stay_in_the_file_and_decode_on_demand() {
     b.kv.push(("unknown".into(), 9, unknown));
     let p = write_temp("unknown-elem.gguf", &b.bytes());
     match Gguf::open(&p) {
-        Err(Error::Gguf { problem, .. }) => assert!(problem.contains("unknown metadata value type 13"), "{problem}"),
+        Err(Error::Gguf { problem, .. }) => assert!(problem.contains("unknown array element type 13"), "{problem}"),
         other => panic!("expected a typed error, got {other:?}"),
     }
 }

@@ -54,6 +54,7 @@ impl Gemma3Config {
         let n_heads = gguf.get_u64(&key("attention.head_count"))? as usize;
         let hidden = gguf.get_u64(&key("embedding_length"))? as usize;
         let n_layers = gguf.get_u64(&key("block_count"))? as usize;
+        super::check_layer_count(n_layers, path)?;
         let head_dim = match gguf.get(&key("attention.key_length")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => hidden / n_heads.max(1),

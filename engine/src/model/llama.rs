@@ -50,8 +50,14 @@ impl Llama {
         let hidden = gguf.get_u64(&key("embedding_length"))? as usize;
         let head_dim = match gguf.get(&key("attention.key_length")) {
             Some(v) => v.as_u64().unwrap_or(0) as usize,
-            None if n_heads > 0 => hidden / n_heads,
-            None => 0,
+            None if n_heads > 0 && hidden % n_heads == 0 => hidden / n_heads,
+            None => {
+                return Err(Error::Metadata {
+                    path: gguf.path().into(),
+                    key: key("attention.head_count"),
+                    problem: format!("{n_heads} heads do not divide the width {hidden}"),
+                })
+            }
         };
         let vocab_size = match gguf.get_u64(&key("vocab_size")) {
             Ok(v) => v as usize,

@@ -212,6 +212,25 @@ impl ModelConfig {
 
     pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
         let bad = |problem: String| Error::Metadata { path: path.into(), key: "hyperparameters".into(), problem };
+        // Sizes come from the file: bound them before anything is sized from them (tables,
+        // caches, products such as heads × head_dim that must not overflow).
+        let widths = [("hidden size", self.hidden_size), ("intermediate size", self.intermediate_size), ("head dim", self.head_dim)];
+        let counts = [("heads", self.n_heads), ("KV heads", self.n_kv_heads), ("layers", self.n_layers)];
+        for (what, v) in widths.into_iter().chain(counts) {
+            if v > MAX_WIDTH {
+                return Err(bad(format!("{what} {v} exceeds the limit of {MAX_WIDTH}")));
+            }
+        }
+        check_layer_count(self.n_layers, path)?;
+        if self.n_heads * self.head_dim > MAX_WIDTH {
+            return Err(bad(format!("{} heads × head dim {} exceed the limit of {MAX_WIDTH}", self.n_heads, self.head_dim)));
+        }
+        if self.vocab_size > MAX_VOCAB || self.context_length > MAX_CONTEXT {
+            return Err(bad(format!(
+                "vocabulary {} or context {} exceeds the limits ({MAX_VOCAB}, {MAX_CONTEXT})",
+                self.vocab_size, self.context_length
+            )));
+        }
         if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
             return Err(bad(format!("{} heads cannot be grouped over {} KV heads", self.n_heads, self.n_kv_heads)));
         }
@@ -223,6 +242,25 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+// Hyperparameter limits, far above any real model (widths ~2e4, 126 layers, vocabularies ~2.6e5,
+// contexts ~1e7) and far below sizes whose products overflow or whose tables exhaust memory.
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_LAYERS: usize = 1 << 12;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_CONTEXT: usize = 1 << 24;
+
+/// A layer count read from `path`, bounded before per-layer tables are built from it.
+pub(crate) fn check_layer_count(n_layers: usize, path: &std::path::Path) -> Result<()> {
+    if n_layers > MAX_LAYERS {
+        return Err(Error::Metadata {
+            path: path.into(),
+            key: "hyperparameters".into(),
+            problem: format!("{n_layers} layers exceed the limit of {MAX_LAYERS}"),
+        });
+    }
+    Ok(())
 }
 
 /// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
