@@ -88,6 +88,15 @@ pub enum Error {
 
     #[error("constraint: {0}")]
     Constraint(String),
+
+    // Tokenizer: chat templates run under `tokenizer::TemplateLimits`.
+    #[error("chat template ({origin}): exceeded its {limit} limit: {problem}")]
+    ChatTemplateLimit {
+        origin: String,
+        /// Which limit: "source size", "fuel", "recursion", "output size" or "bytes".
+        limit: &'static str,
+        problem: String,
+    },
 }
 
 impl Error {

@@ -1,5 +1,6 @@
 //! Chat templates: Jinja programs rendered with minijinja the way transformers renders them.
 
+use super::template_budget::{self, Budget, TemplateLimits, FUEL, RECURSION, SOURCE};
 use super::{ChatMessage, Tokenizer};
 use crate::error::{Error, Result};
 
@@ -10,7 +11,8 @@ impl Tokenizer {
 
     /// Renders the chat template (Jinja, as transformers does: trim_blocks, lstrip_blocks, Python
     /// string methods) with `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and the
-    /// functions `raise_exception` and `strftime_now`.
+    /// functions `raise_exception` and `strftime_now`, under [`template_limits`](Self::template_limits):
+    /// a template that exceeds one fails with [`Error::ChatTemplateLimit`] naming it.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let Some(template) = &self.chat_template else {
             return Err(Error::ChatTemplate {
@@ -26,7 +28,19 @@ impl Tokenizer {
             add_generation_prompt,
             &text(self.bos_id),
             &text(self.eos_ids.first().copied()),
+            &self.template_limits,
         )
+    }
+
+    /// The limits chat templates are rendered under ([`TemplateLimits::default`] unless set).
+    pub fn template_limits(&self) -> &TemplateLimits {
+        &self.template_limits
+    }
+
+    /// Renders chat templates under `limits` instead.
+    pub fn with_template_limits(mut self, limits: TemplateLimits) -> Self {
+        self.template_limits = limits;
+        self
     }
 
     /// The special token the chat template closes an assistant turn with (`<|im_end|>`,
@@ -50,9 +64,38 @@ fn render_chat_template(
     add_generation_prompt: bool,
     bos_token: &str,
     eos_token: &str,
+    limits: &TemplateLimits,
 ) -> Result<String> {
+    use minijinja::machinery::{get_compiled_template, make_string_output, Vm};
     use minijinja::{Environment, ErrorKind};
+    let limit = |limit: &'static str, problem: String| Error::ChatTemplateLimit {
+        origin: origin.to_string(),
+        limit,
+        problem,
+    };
+    if template.len() > limits.max_source_bytes {
+        return Err(limit(
+            SOURCE,
+            format!("the template has {} bytes, more than {}", template.len(), limits.max_source_bytes),
+        ));
+    }
+    let budget = Budget::new(*limits);
     let fail = |e: minijinja::Error| {
+        if let Some((which, problem)) = budget.exceeded() {
+            return limit(which, problem);
+        }
+        #[allow(unreachable_patterns)]
+        match e.kind() {
+            ErrorKind::OutOfFuel => {
+                return limit(FUEL, format!("the template ran more than {} instructions", limits.fuel))
+            }
+            _ if e.detail().is_some_and(|d| d.contains("recursion limit exceeded"))
+                || e.to_string().contains("recursion limit exceeded") =>
+            {
+                return limit(RECURSION, format!("nesting deeper than {} levels", limits.max_recursion))
+            }
+            _ => {}
+        }
         let problem = if e.kind() == ErrorKind::InvalidOperation && e.detail().is_some_and(|d| d.starts_with(RAISED)) {
             let d = e.detail().unwrap_or_default();
             format!("template raised an exception: {}", &d[RAISED.len()..])
@@ -79,22 +122,29 @@ fn render_chat_template(
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         strftime(&fmt, secs)
     });
-    env.add_filter("tojson", tojson_python);
+    template_budget::install(&mut env, &budget);
     let tmpl = env.template_from_str(template).map_err(fail)?;
+    let compiled = get_compiled_template(&tmpl);
+    let instructions = template_budget::rewrite(&compiled.instructions);
+    let blocks = compiled.blocks.iter().map(|(name, block)| (*name, template_budget::rewrite(block))).collect();
     let ctx = minijinja::context! {
         messages => minijinja::Value::from_serialize(messages),
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    tmpl.render(ctx).map_err(fail)
+    let mut rendered = String::new();
+    Vm::new(&env)
+        .eval(&instructions, ctx, &blocks, &mut make_string_output(&mut rendered), compiled.initial_auto_escape)
+        .map_err(fail)?;
+    Ok(rendered)
 }
 
 const RAISED: &str = "raise_exception: ";
 
 /// `tojson` as transformers defines it: Python's `json.dumps(ensure_ascii=False)` (separators
 /// `", "`/`": "`, keys in insertion order unless `sort_keys`), not HTML-escaped.
-fn tojson_python(
+pub(super) fn tojson_python(
     value: minijinja::Value,
     indent: Option<minijinja::Value>,
     kwargs: minijinja::value::Kwargs,

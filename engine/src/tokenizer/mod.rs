@@ -11,11 +11,13 @@ mod hf_json;
 mod pre_tokenizers;
 mod special;
 mod stream;
+mod template_budget;
 #[cfg(test)]
 mod tests;
 
 pub use pre_tokenizers::supported_pre_tokenizers;
 pub use stream::StreamDecoder;
+pub use template_budget::TemplateLimits;
 
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -35,7 +37,7 @@ impl ChatMessage {
 }
 
 /// three times the memory (a pointer, a length and an allocation header per id).
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Pieces {
     bytes: Vec<u8>,
     /// End of piece i in `bytes` (its start is the previous end).
@@ -88,6 +90,7 @@ enum Decoding {
 }
 
 /// A tokenizer with its special-token information and chat template.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     origin: String,
@@ -102,6 +105,7 @@ pub struct Tokenizer {
     add_bos: bool,
     eos_ids: Vec<u32>,
     chat_template: Option<String>,
+    template_limits: TemplateLimits,
     fingerprint: u64,
 }
 
@@ -188,6 +192,7 @@ impl Tokenizer {
             add_bos: p.add_bos,
             eos_ids,
             chat_template: p.chat_template,
+            template_limits: TemplateLimits::default(),
             fingerprint,
         })
     }
