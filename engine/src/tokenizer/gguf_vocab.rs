@@ -53,9 +53,15 @@ impl<'g> Meta<'g> {
         }
     }
     /// Borrowed from the file's map: the vocabulary is copied once, into the tokenizer.
+    /// Strings that are not UTF-8 are an error: the GGUF reader replaces their bad bytes (an
+    /// owned copy), which would silently merge distinct tokens into one text.
     fn strings(&self, key: &str) -> Result<Option<Vec<Cow<'g, str>>>> {
         let Some(a) = self.array(key)? else { return Ok(None) };
-        a.strings().map(Some).ok_or_else(|| self.err(key, "expected an array of strings"))
+        let strings = a.strings().ok_or_else(|| self.err(key, "expected an array of strings"))?;
+        if let Some(i) = strings.iter().position(|s| matches!(s, Cow::Owned(_))) {
+            return Err(self.err(key, format!("entry {i} is not valid UTF-8")));
+        }
+        Ok(Some(strings))
     }
     fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
         let Some(a) = self.array(key)? else { return Ok(None) };
@@ -309,6 +315,12 @@ fn build_byte_level_bpe(
     Ok(inner)
 }
 
+/// Longest token whose merges are derived: each split point hashes both halves, so a token
+/// costs its length squared. Real SentencePiece vocabularies stay far below (Gemma 3's longest
+/// ordinary tokens are runs of 31 `▁`, 93 bytes); a longer token can still be produced whole from
+/// the input text, only not assembled by merges.
+const MAX_SPLIT_TOKEN_BYTES: usize = 512;
+
 fn build_sentencepiece_bpe(
     origin: &str,
     tokens: &[&str],
@@ -332,6 +344,9 @@ fn build_sentencepiece_bpe(
     for &id in &targets {
         let t = tokens[id as usize];
         local.clear();
+        if t.len() > MAX_SPLIT_TOKEN_BYTES {
+            continue;
+        }
         for (k, _) in t.char_indices().skip(1) {
             if let (Some(&l), Some(&r)) = (vocab.get(&t[..k]), vocab.get(&t[k..])) {
                 local.push((l, r, k));

@@ -14,9 +14,8 @@ impl Tokenizer {
     /// when the config has no template.
     pub fn from_json_file(tokenizer_json: &Path, tokenizer_config_json: Option<&Path>) -> Result<Self> {
         let origin = tokenizer_json.display().to_string();
-        let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| tok_err(&origin, format!("cannot parse tokenizer.json: {e}")))?;
+        let bytes = read_capped(tokenizer_json, MAX_TOKENIZER_JSON_BYTES)?;
+        let mut inner = parse_tokenizer_json(&bytes).map_err(|e| tok_err(&origin, format!("cannot parse tokenizer.json: {e}")))?;
         inner.with_truncation(None).map_err(|e| tok_err(&origin, e.to_string()))?;
         inner.with_padding(None);
 
@@ -29,6 +28,18 @@ impl Tokenizer {
         // Vocabulary by id, special flags.
         let vocab = inner.get_vocab(true);
         let size = vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+        // Ids index a table, so a stray huge id would allocate gigabytes of empty entries.
+        if size > MAX_VOCAB_IDS || size > vocab.len().saturating_mul(4).saturating_add(1024) {
+            return Err(tok_err(
+                &origin,
+                format!(
+                    "token id {} is out of range: {} entries may use ids below {}",
+                    size - 1,
+                    vocab.len(),
+                    vocab.len().saturating_mul(4).saturating_add(1024).min(MAX_VOCAB_IDS)
+                ),
+            ));
+        }
         let mut tokens = vec![String::new(); size];
         for (t, &i) in &vocab {
             tokens[i as usize] = t.clone();
@@ -125,7 +136,9 @@ impl Tokenizer {
         });
         if chat_template.is_none() {
             if let Some(p) = dir.map(|d| d.join("chat_template.jinja")).filter(|p| p.is_file()) {
-                chat_template = Some(std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
+                let text = String::from_utf8(read_capped(&p, MAX_CONFIG_BYTES)?)
+                    .map_err(|e| tok_err(&p.display().to_string(), format!("not valid UTF-8: {e}")))?;
+                chat_template = Some(text);
             }
         }
 
@@ -151,7 +164,51 @@ impl Tokenizer {
     }
 }
 
+/// `tokenizers`' own parser, which panics on some malformed input (a `decoder` or `normalizer`
+/// object of the wrong shape reaches an `expect`): syntax is checked first, and a panic left is
+/// caught and reported like any other parse error.
+fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("the tokenizers crate rejected it by panicking ({message})"))
+        }
+    }
+}
+
+/// Largest tokenizer.json read: the largest real ones (262k-token vocabularies) are ~35 MB.
+const MAX_TOKENIZER_JSON_BYTES: u64 = 256 << 20;
+/// Largest tokenizer_config.json, generation_config.json or chat_template.jinja read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Highest token id + 1 accepted, 64 times the largest real vocabularies.
+const MAX_VOCAB_IDS: usize = 1 << 24;
+
+/// The file's bytes, refused before reading when larger than `cap`. Nesting depth needs no cap
+/// here: serde_json refuses JSON nested deeper than 128 levels.
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let too_large = |len: u64| tok_err(&path.display().to_string(), format!("the file has {len} bytes, larger than the {cap}-byte limit"));
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > cap {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // The file may grow after the size check: never read more than the cap.
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| tok_err(&path.display().to_string(), format!("invalid JSON: {e}")))
+    let bytes = read_capped(path, MAX_CONFIG_BYTES)?;
+    serde_json::from_slice(&bytes).map_err(|e| tok_err(&path.display().to_string(), format!("invalid JSON: {e}")))
 }
