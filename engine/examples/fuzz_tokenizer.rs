@@ -36,8 +36,11 @@ fn main() {
         "template" => targets::template_case,
         _ => usage("--target is tokenizer or template"),
     };
-    // Panics are counted and reported below, not printed case by case.
-    std::panic::set_hook(Box::new(|_| {}));
+    // Panics are counted and reported below, not printed case by case, except when replaying one
+    // case: then the default hook shows where it panicked.
+    if only.is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let range = match only {
         Some(c) => c..c + 1,
         None => 0..cases,

@@ -331,10 +331,10 @@ fn malformed_tokenizer_json_is_a_typed_error() {
 
 /// Runs `target` on `cases` seeded cases; a panic fails with the case number to replay
 /// (`cargo run --release --example fuzz_tokenizer -- --target T --seed S --case N`).
-fn fuzz(name: &str, cases: u64, target: fn(&mut targets::Gen)) {
+fn fuzz(name: &str, cases: u64, regressions: &[u64], target: fn(&mut targets::Gen)) {
     let seed = 0x5eed_70c3;
     let t = Instant::now();
-    for case in 0..cases {
+    for case in (0..cases).chain(regressions.iter().copied()) {
         let mut g = targets::gen(seed, case);
         if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&mut g))) {
             panic!("{name}: case {case} (seed {seed:#x}) panicked: {e:?}");
@@ -347,12 +347,15 @@ fn fuzz(name: &str, cases: u64, target: fn(&mut targets::Gen)) {
 #[test]
 fn fuzz_tokenizer_builders() {
     let _g = serial();
-    fuzz("gguf vocabulary", 10_000, targets::gguf_vocab_case);
-    fuzz("tokenizer.json", 10_000, targets::tokenizer_json_case);
+    fuzz("gguf vocabulary", 10_000, &[], targets::gguf_vocab_case);
+    fuzz("tokenizer.json", 10_000, &[], targets::tokenizer_json_case);
+    // Cases of the example's `tokenizer` target (10^6 run) that panicked in `tokenizers`' Strip
+    // decoder before decoding was guarded.
+    fuzz("tokenizer regressions", 0, &[358_996, 607_005, 655_818, 826_291, 961_544], targets::tokenizer_case);
 }
 
 #[test]
 fn fuzz_chat_templates() {
     let _g = serial();
-    fuzz("chat template", 10_000, targets::template_case);
+    fuzz("chat template", 10_000, &[], targets::template_case);
 }

@@ -1,7 +1,7 @@
 //! A Hugging Face `tokenizer.json`, with `tokenizer_config.json` and its neighbours.
 
 use super::byte_level::{byte_level_decode, parse_byte_token};
-use super::{tok_err, Decoding, Parts, Pieces, Tokenizer};
+use super::{guarded, tok_err, Decoding, Parts, Pieces, Tokenizer};
 use crate::error::{Error, Result};
 use std::collections::HashSet;
 use std::path::Path;
@@ -94,8 +94,8 @@ impl Tokenizer {
         let add_bos_cfg = config.as_ref().and_then(|c| c.get("add_bos_token")).and_then(|v| v.as_bool());
         // Without an explicit flag, ask the post-processor: does it put a special token first?
         let probe_first = {
-            let with = inner.encode_fast("a", true).map_err(|e| tok_err(&origin, e.to_string()))?;
-            let without = inner.encode_fast("a", false).map_err(|e| tok_err(&origin, e.to_string()))?;
+            let with = guarded(|| inner.encode_fast("a", true)).map_err(|e| tok_err(&origin, e))?;
+            let without = guarded(|| inner.encode_fast("a", false)).map_err(|e| tok_err(&origin, e))?;
             let (w, wo) = (with.get_ids(), without.get_ids());
             (w.len() > wo.len() && w.first() != wo.first()).then(|| w[0])
         };

@@ -40,7 +40,7 @@ impl<'a> StreamDecoder<'a> {
             }
             Decoding::Hf => {
                 self.ids.push(id);
-                let text = tok.inner.decode(&self.ids, true).unwrap_or_default();
+                let text = tok.hf_decode(&self.ids).unwrap_or_default();
                 if text.ends_with('\u{FFFD}') {
                     return None;
                 }
@@ -58,7 +58,7 @@ impl<'a> StreamDecoder<'a> {
         let new = text[self.prefix.len()..].to_string();
         self.ids.drain(..self.emitted);
         self.emitted = self.ids.len();
-        self.prefix = self.tok.inner.decode(&self.ids, true).unwrap_or_default();
+        self.prefix = self.tok.hf_decode(&self.ids).unwrap_or_default();
         Some(new)
     }
 
@@ -67,7 +67,7 @@ impl<'a> StreamDecoder<'a> {
         let out = match self.tok.decoding {
             Decoding::Pieces => String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned(),
             Decoding::Hf => {
-                let text = self.tok.inner.decode(&self.ids, true).unwrap_or_default();
+                let text = self.tok.hf_decode(&self.ids).unwrap_or_default();
                 self.take_new(&text).unwrap_or_default()
             }
         };
