@@ -100,6 +100,15 @@ pub enum Error {
     // Model sources: the model cache.
     #[error("{path}: cached model does not match its record: {problem}")]
     CacheMismatch { path: PathBuf, problem: String },
+
+    // Tokenizer: chat templates run under `tokenizer::TemplateLimits`.
+    #[error("chat template ({origin}): exceeded its {limit} limit: {problem}")]
+    ChatTemplateLimit {
+        origin: String,
+        /// Which limit: "source size", "fuel", "recursion", "output size" or "bytes".
+        limit: &'static str,
+        problem: String,
+    },
 }
 
 impl Error {

@@ -191,6 +191,12 @@ pub struct ChatArgs {
     /// A Jinja chat template to use instead of the model's own (e.g. for a base model).
     #[arg(long)]
     pub chat_template: Option<std::path::PathBuf>,
+    /// Instructions the chat template may run per rendering (see engine::tokenizer::TemplateLimits).
+    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().fuel)]
+    pub template_fuel: u64,
+    /// Bytes the chat template may create, copy, scan or compare per rendering.
+    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().max_bytes)]
+    pub template_max_bytes: usize,
     /// Longest reply per turn.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
@@ -271,14 +277,41 @@ fn stats_line(turn: &Turn, k: usize) -> String {
     s
 }
 
-/// Reads one input, joining lines that end in `\`; None at end of input.
-fn read_input(input: &mut dyn BufRead) -> Result<Option<String>> {
+/// One line of input that is not UTF-8: reported, not replaced by U+FFFD behind the user's back.
+#[derive(Debug)]
+struct NotUtf8 {
+    line: u64,
+    offset: usize,
+}
+
+impl std::fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "input line {} is not valid UTF-8 (invalid byte at offset {}); chat reads UTF-8 text", self.line, self.offset)
+    }
+}
+
+/// Reads one input, joining lines that end in `\`; None at end of input. `lines` counts the
+/// lines read so far (for the error), and a line that is not UTF-8 is an error: the whole input
+/// it belongs to is consumed and dropped.
+fn read_input(input: &mut dyn BufRead, lines: &mut u64) -> Result<Option<std::result::Result<String, NotUtf8>>> {
     let mut text = String::new();
+    let mut bad = None;
     loop {
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
-            return Ok((!text.is_empty()).then_some(text));
+        let mut raw = Vec::new();
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            return Ok(match bad {
+                Some(e) => Some(Err(e)),
+                None => (!text.is_empty()).then_some(Ok(text)),
+            });
         }
+        *lines += 1;
+        let line = match String::from_utf8(raw) {
+            Ok(line) => line,
+            Err(e) => {
+                bad.get_or_insert(NotUtf8 { line: *lines, offset: e.utf8_error().valid_up_to() });
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        };
         let line = line.trim_end_matches(['\n', '\r']);
         match line.strip_suffix('\\') {
             Some(head) => {
@@ -287,7 +320,10 @@ fn read_input(input: &mut dyn BufRead) -> Result<Option<String>> {
             }
             None => {
                 text.push_str(line);
-                return Ok(Some(text));
+                return Ok(Some(match bad {
+                    Some(e) => Err(e),
+                    None => Ok(text),
+                }));
             }
         }
     }
@@ -311,6 +347,8 @@ pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &m
         let template = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         models.target.tokenizer = models.target.tokenizer.with_chat_template(Some(template));
     }
+    let limits = engine::tokenizer::TemplateLimits { fuel: args.template_fuel, max_bytes: args.template_max_bytes, ..*models.target.tokenizer.template_limits() };
+    models.target.tokenizer = models.target.tokenizer.with_template_limits(limits);
     let tok = &models.target.tokenizer;
     if tok.chat_template().is_none() {
         bail!("`{}` has no chat template: pass --chat-template FILE", args.model);
@@ -336,6 +374,7 @@ pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &m
     let mut messages = system.clone();
     let mut last: Option<Turn> = None;
     let mut turn_index = 0u64;
+    let mut input_lines = 0u64;
     writeln!(
         notes,
         "chatting with {} ({}; {capacity} positions). /reset, /stats, /quit; Ctrl-D ends.",
@@ -345,9 +384,16 @@ pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &m
     loop {
         write!(notes, "> ")?;
         notes.flush()?;
-        let Some(line) = read_input(input)? else {
-            writeln!(notes)?;
-            break;
+        let line = match read_input(input, &mut input_lines)? {
+            None => {
+                writeln!(notes)?;
+                break;
+            }
+            Some(Ok(line)) => line,
+            Some(Err(e)) => {
+                writeln!(notes, "error: {e} (the input was ignored)")?;
+                continue;
+            }
         };
         let text = line.trim();
         if text.is_empty() {

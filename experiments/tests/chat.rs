@@ -21,6 +21,10 @@ fn temp_file(name: &str, text: &str) -> String {
 
 /// Runs `specdec chat ARGS` with `input` on stdin (closed afterwards: Ctrl-D).
 fn chat(args: &[&str], input: &str) -> Output {
+    chat_bytes(args, input.as_bytes())
+}
+
+fn chat_bytes(args: &[&str], input: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_specdec"))
         .arg("chat")
         .args(args)
@@ -29,7 +33,7 @@ fn chat(args: &[&str], input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run specdec chat");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
 
@@ -188,6 +192,38 @@ fn real_model_replies_end_at_the_end_of_turn_token_and_print_no_special_tokens()
     assert!(out.starts_with(lines[0]["text"].as_str().unwrap()), "{out}");
     assert!(!out.contains("<|"), "{out}");
     assert!(out.contains("α̂ = 1.000") || out.contains("target-only"), "{out}");
+}
+
+#[test]
+fn input_that_is_not_utf8_is_reported_and_ignored() {
+    let args = tiny_args(&["--json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Line 1 is Latin-1 (0xE9), lines 2-3 are one input continued with `\` whose second line is
+    // a lone continuation byte; line 4 is a valid turn.
+    let o = chat_bytes(&args, b"caf\xe9\nfirst \\\nsecond \x80\nhello\n");
+    let notes = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{notes}");
+    assert!(notes.contains("error: input line 1 is not valid UTF-8 (invalid byte at offset 3)"), "{notes}");
+    assert!(notes.contains("error: input line 3 is not valid UTF-8 (invalid byte at offset 7)"), "{notes}");
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 1, "only the valid input is a turn: {lines:?}");
+    // The dropped lines left no trace (no lossily decoded text joined the conversation): the turn
+    // is the one a clean "hello" gets.
+    let clean = json_lines(&run_tiny(&["--json"], "hello\n"));
+    assert_eq!(lines[0]["turn"], 0);
+    assert_eq!(lines[0]["context_tokens"], clean[0]["context_tokens"]);
+    assert_eq!(lines[0]["tokens"], clean[0]["tokens"]);
+}
+
+#[test]
+fn template_limits_are_settable_and_reported() {
+    let o = run_tiny(&["--json", "--template-fuel", "10"], "hello\n");
+    let notes = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{notes}");
+    assert!(notes.contains("exceeded its fuel limit: the template ran more than 10 instructions"), "{notes}");
+    let o = run_tiny(&["--json", "--template-max-bytes", "20"], "hello\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exceeded its bytes limit"));
+    assert!(run_tiny(&["--json", "--template-fuel", "100000"], "hello\n").status.success());
 }
 
 /// Reports a skipped test as `SKIPPED: <test>: <reason>` (the line `.ci/run` counts), straight
