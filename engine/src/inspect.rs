@@ -69,12 +69,15 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 e.0 += 1;
                 e.1 += t.n_elements() as u64;
             }
-            let config = FamilyConfig::from_gguf(&g).ok();
+            let supported = SUPPORTED_ARCHITECTURES.contains(&arch.as_str());
+            // An architecture we run whose hyperparameters do not make a model is an error to
+            // report, not a blank line: the file would fail to load the same way.
+            let config = if supported { Some(FamilyConfig::from_gguf(&g)?) } else { None };
             Ok(ModelReport {
                 path: path.display().to_string(),
                 format: "GGUF",
                 name: g.get("general.name").and_then(|v| v.as_str()).unwrap_or("").to_string(),
-                supported: SUPPORTED_ARCHITECTURES.contains(&arch.as_str()),
+                supported,
                 architecture: arch,
                 file_bytes: g.file_size() as u64,
                 parameters: types.values().map(|v| v.1).sum(),
@@ -85,7 +88,8 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
         }
         ModelFiles::HfDir(dir) => {
             let hf = HfModelDir::open(dir)?;
-            let config = hf.family_config().ok();
+            let supported = SUPPORTED_MODEL_TYPES.contains(&hf.config.model_type.as_str());
+            let config = if supported { Some(hf.family_config()?) } else { None };
             let tok_json = dir.join("tokenizer.json");
             let tok_cfg = dir.join("tokenizer_config.json");
             let tok = Tokenizer::from_json_file(&tok_json, tok_cfg.is_file().then_some(tok_cfg.as_path()));
@@ -97,7 +101,7 @@ pub fn inspect(files: &ModelFiles) -> Result<ModelReport> {
                 format: "safetensors",
                 architecture: hf.config.model_type.clone(),
                 name: hf.config.architectures.first().cloned().unwrap_or_default(),
-                supported: SUPPORTED_MODEL_TYPES.contains(&hf.config.model_type.as_str()),
+                supported,
                 file_bytes,
                 parameters: hf.parameter_count(),
                 tensor_types: hf.dtype_histogram(),

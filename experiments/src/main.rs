@@ -264,6 +264,13 @@ struct InspectArgs {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE, which turns a closed pipe (`specdec generate ... | head`) into a
+    // panic in println!; the default action ends the process quietly, as for other Unix tools.
+    #[cfg(unix)]
+    // SAFETY: called once, before any thread is started; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => cmd_generate(args),

@@ -121,7 +121,13 @@ fn gpt2(pre: &'static str, extra: Vec<(&'static str, V)>) -> Result<Tokenizer> {
         ("tokenizer.ggml.eos_token_id", V::U32(267)),
         ("tokenizer.ggml.bos_token_id", V::U32(266)),
     ];
-    kv.extend(extra);
+    // An extra key replaces the default one: the GGUF reader refuses a key written twice.
+    for (key, value) in extra {
+        match kv.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => kv.push((key, value)),
+        }
+    }
     load(kv)
 }
 
