@@ -345,7 +345,7 @@ pub fn stop_ids(tok: &Tokenizer) -> Vec<u32> {
 pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &mut dyn Write, notes: &mut dyn Write) -> Result<()> {
     if let Some(path) = &args.chat_template {
         let template = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        models.target.tokenizer = models.target.tokenizer.with_chat_template(Some(template));
+        models.target.tokenizer = models.target.tokenizer.with_chat_template_from(template, path.display().to_string());
     }
     let limits = engine::tokenizer::TemplateLimits { fuel: args.template_fuel, max_bytes: args.template_max_bytes, ..*models.target.tokenizer.template_limits() };
     models.target.tokenizer = models.target.tokenizer.with_template_limits(limits);

@@ -1,4 +1,4 @@
-//! `specdec inspect` and `specdec generate` on hostile model files: a clean non-zero exit with an
+//! `specdec inspect`, `generate` and `chat` on hostile model files and templates: a clean non-zero exit with an
 //! error naming the file — no panic, no signal, within 30 s, under a 4 GiB address-space limit
 //! (via util-linux `prlimit` where present). The engine's own tests cover many more cases
 //! (engine/tests/hostile_files.rs); these are representative of each layer: GGUF header, GGUF
@@ -33,7 +33,13 @@ fn specdec(args: &[&str]) -> (Option<i32>, String) {
     } else {
         Command::new(bin)
     };
-    let mut child = cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run specdec");
+    // Standard input is one chat turn (read only by `chat`).
+    let mut child = cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run specdec");
+    {
+        use std::io::Write;
+        // A refusal before the turn is read closes the pipe: that is not an error here.
+        let _ = child.stdin.take().unwrap().write_all(b"hello\n");
+    }
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -92,6 +98,7 @@ fn hostile_gguf_files_fail_cleanly_through_the_cli() {
         std::fs::write(&path, bytes).unwrap();
         let p = path.to_str().unwrap();
         assert_refused(case, &["generate", "--model", p, "--prompt", "hi", "--max-new-tokens", "2", "--threads", "1"], &name);
+        assert_refused(case, &["chat", "--model", p, "--max-new-tokens", "2", "--threads", "1"], &name);
         if *inspect_refuses {
             assert_refused(case, &["inspect", p], &name);
         } else {
@@ -134,5 +141,34 @@ fn hostile_model_directories_fail_cleanly_through_the_cli() {
         // inspect opens config and shards first, and refuses sizes no model of a supported
         // family could have.
         assert_refused(case, &["inspect", dir.to_str().unwrap()], named);
+    }
+}
+
+#[test]
+fn hostile_chat_templates_fail_cleanly_through_the_cli() {
+    let dir = scratch("templates");
+    let model = tiny("llama.gguf");
+    // (case, template, the limit the error must name)
+    let cases = [
+        // (minijinja refuses a range past 10⁴ elements itself; nested ones are 10⁸ iterations.)
+        ("endless loop", "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}", "exceeded its"),
+        (
+            "string doubled sixty times",
+            "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+            "exceeded its",
+        ),
+        ("recursive macro", "{% macro f(s) %}{{ f(s ~ s) }}{% endmacro %}{{ f('ab') }}", "exceeded its"),
+    ];
+    for (i, (case, template, message)) in cases.iter().enumerate() {
+        let name = format!("hostile-{i}.jinja");
+        let path = dir.join(&name);
+        std::fs::write(&path, template).unwrap();
+        // (`generate --chat` renders the model's own template through the same limits; only
+        // `chat` takes a template file.)
+        let args = ["chat", "--model", model.to_str().unwrap(), "--chat-template", path.to_str().unwrap(), "--max-new-tokens", "2", "--threads", "1"];
+        let (code, err) = specdec(&args);
+        assert!(!err.contains("panicked at"), "{case}: chat panicked:\n{err}");
+        assert_eq!(code, Some(1), "{case}: chat did not exit cleanly with 1:\n{err}");
+        assert!(err.contains(message) && err.contains(&name), "{case}: chat: no limit or template named:\n{err}");
     }
 }

@@ -23,7 +23,7 @@ impl Tokenizer {
         let text = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or_default();
         render_chat_template(
             template,
-            &self.origin,
+            self.chat_template_origin.as_deref().unwrap_or(&self.origin),
             messages,
             add_generation_prompt,
             &text(self.bos_id),

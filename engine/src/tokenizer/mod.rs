@@ -105,6 +105,8 @@ pub struct Tokenizer {
     add_bos: bool,
     eos_ids: Vec<u32>,
     chat_template: Option<String>,
+    /// Where a replacement chat template came from (errors name it); `None`: the model's own.
+    chat_template_origin: Option<String>,
     template_limits: TemplateLimits,
     fingerprint: u64,
 }
@@ -204,6 +206,7 @@ impl Tokenizer {
             add_bos: p.add_bos,
             eos_ids,
             chat_template: p.chat_template,
+            chat_template_origin: None,
             template_limits: TemplateLimits::default(),
             fingerprint,
         })
@@ -212,6 +215,15 @@ impl Tokenizer {
     /// Replaces the chat template (e.g. to give a base model one, or to fix a broken one).
     pub fn with_chat_template(mut self, template: Option<String>) -> Self {
         self.chat_template = template;
+        self.chat_template_origin = None;
+        self
+    }
+
+    /// Replaces the chat template with one read from elsewhere: its errors (syntax, limits)
+    /// name `origin` (e.g. the template file) instead of the model.
+    pub fn with_chat_template_from(mut self, template: String, origin: impl Into<String>) -> Self {
+        self.chat_template = Some(template);
+        self.chat_template_origin = Some(origin.into());
         self
     }
 
