@@ -35,6 +35,7 @@ pub mod inspect;
 pub mod model;
 pub mod safetensors;
 pub mod sampling;
+pub mod scoring;
 pub mod session;
 pub mod source;
 pub mod speculative;

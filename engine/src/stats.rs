@@ -1,9 +1,9 @@
-//! Statistics for comparing output distributions (no I/O, no clock).
+//! Statistics for comparing output distributions and for proportions (no I/O, no clock).
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use statrs::distribution::{ChiSquared, ContinuousCDF};
+use statrs::distribution::{ChiSquared, ContinuousCDF, Normal};
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -159,6 +159,26 @@ pub fn chi_square_goodness_of_fit(counts: &[u64], expected_probs: &[f64]) -> Goo
     GoodnessOfFit { statistic, degrees_of_freedom: df, p_value }
 }
 
+/// Wilson score interval for a binomial proportion (`successes` of `n`) at `confidence` (e.g.
+/// 0.95): unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0
+/// and 1 and for small n, as accuracies on a few dozen questions per subject need. `n = 0` gives
+/// the uninformative [0, 1].
+pub fn wilson_interval(successes: u64, n: u64, confidence: f64) -> (f64, f64) {
+    assert!(successes <= n && confidence > 0.0 && confidence < 1.0, "wilson_interval({successes}, {n}, {confidence})");
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = Normal::new(0.0, 1.0).expect("standard normal").inverse_cdf(0.5 + confidence / 2.0);
+    let (n, p) = (n as f64, successes as f64 / n as f64);
+    let denominator = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denominator;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denominator;
+    // At 0 and n the bound is exactly 0 or 1; rounding would leave ±1e-17.
+    let low = if successes == 0 { 0.0 } else { centre - half };
+    let high = if p == 1.0 { 1.0 } else { centre + half };
+    (low, high)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +245,18 @@ mod tests {
         let h = chi_square_homogeneity(&a, &shifted);
         assert!(h.total_variation > large && h.p_value < 1e-3, "{h:?} vs floor {large}");
         assert_eq!(total_variation_noise(&a, &b, 200, 0.95, 3), large, "deterministic for a seed");
+    }
+
+    #[test]
+    fn wilson_interval_matches_published_values() {
+        // Newcombe (1998), Table I: 81/263 → 0.2553–0.3662; 15/148 → 0.0624–0.1605 (95%).
+        let (lo, hi) = wilson_interval(81, 263, 0.95);
+        assert!((lo - 0.2553).abs() < 5e-5 && (hi - 0.3662).abs() < 5e-5, "{lo} {hi}");
+        let (lo, hi) = wilson_interval(15, 148, 0.95);
+        assert!((lo - 0.0624).abs() < 5e-5 && (hi - 0.1605).abs() < 5e-5, "{lo} {hi}");
+        // 0 of 10 and 10 of 10 touch the bounds; an empty sample says nothing.
+        assert_eq!(wilson_interval(0, 10, 0.95).0, 0.0);
+        assert_eq!(wilson_interval(10, 10, 0.95).1, 1.0);
+        assert_eq!(wilson_interval(0, 0, 0.95), (0.0, 1.0));
     }
 }

@@ -8,6 +8,7 @@ mod chat;
 mod config;
 mod constraint;
 mod interrupt;
+mod multiple_choice;
 mod plot;
 mod proposers;
 mod quality;
@@ -75,6 +76,9 @@ enum Command {
         #[arg(long, default_value = "notebooks-data/exports")]
         to: std::path::PathBuf,
     },
+    /// Score a model on multiple-choice questions (MMLU's CSV layout) by each answer letter's
+    /// log-likelihood: accuracy with 95% intervals per subject and overall.
+    Eval(multiple_choice::EvalArgs),
     /// Count a tokenizer's token frequencies (for truncated draft vocabularies, --draft-vocab N).
     VocabFreq(vocab_freq::VocabFreqArgs),
     /// Combine shard directories of one run (`run --shard I/N`) into one run with one summary.
@@ -282,6 +286,7 @@ fn main() {
         Command::Chat(args) => cmd_chat(args),
         Command::Run(args) => cmd_run(args),
         Command::VocabFreq(args) => vocab_freq::run(&args),
+        Command::Eval(args) => multiple_choice::run(&args),
         Command::Summarize { dir } => report::finalize(&dir).map(|cells| print!("{}", summary::table(&cells))),
         Command::Export { dir, to } => report::export(&dir, &to).map(|files| {
             for f in files {
