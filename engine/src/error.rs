@@ -101,6 +101,10 @@ pub enum Error {
     #[error("{path}: cached model does not match its record: {problem}")]
     CacheMismatch { path: PathBuf, problem: String },
 
+    // Models: LoRA adapters (`model::LoraAdapter`).
+    #[error("{path}: LoRA adapter: {problem}")]
+    Adapter { path: PathBuf, problem: String },
+
     // Tokenizer: chat templates run under `tokenizer::TemplateLimits`.
     #[error("chat template ({origin}): exceeded its {limit} limit: {problem}")]
     ChatTemplateLimit {

@@ -66,11 +66,21 @@ pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
 
 /// Loads an already-resolved model.
 pub fn load_files(files: ModelFiles, device: &Device) -> Result<LoadedModel> {
+    load_files_adapted(files, None, device)
+}
+
+/// [`load_model`] with a LoRA adapter on the model's projections (see [`model::LoraAdapter`]).
+pub fn load_model_adapted(spec: &str, adapter: Option<&model::LoraAdapter>, device: &Device) -> Result<LoadedModel> {
+    load_files_adapted(source::resolve(spec)?, adapter, device)
+}
+
+/// [`load_files`] with a LoRA adapter on the model's projections.
+pub fn load_files_adapted(files: ModelFiles, adapter: Option<&model::LoraAdapter>, device: &Device) -> Result<LoadedModel> {
     match &files {
         ModelFiles::Gguf(path) => {
             let gguf = gguf::Gguf::open(path)?;
             let tokenizer = Tokenizer::from_gguf(&gguf)?;
-            let model = model::load_gguf(&gguf, device)?;
+            let model = model::FamilyConfig::from_gguf(&gguf)?.load_adapted(&gguf, adapter, device)?;
             gguf.release_header_pages();
             let file_bytes = gguf.file_size() as u64;
             Ok(LoadedModel { model, tokenizer, files, file_bytes })
@@ -86,7 +96,7 @@ pub fn load_files(files: ModelFiles, device: &Device) -> Result<LoadedModel> {
             let config = dir.join("tokenizer_config.json");
             let tokenizer = Tokenizer::from_json_file(&tokenizer_json, config.is_file().then_some(config.as_path()))?;
             let hf = safetensors::HfModelDir::open(dir)?;
-            let model = model::load_hf(&hf, device)?;
+            let model = hf.family_config()?.load_adapted(&hf, adapter, device)?;
             let file_bytes = std::fs::read_dir(dir)
                 .map(|d| {
                     d.filter_map(|e| e.ok())

@@ -257,6 +257,42 @@ fn tensor_index(shards: &[Shard]) -> Result<HashMap<String, usize>> {
     Ok(index)
 }
 
+/// Little-endian f32, f16 or bf16 values as f32 (`None` for other dtypes).
+fn f32_values(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+/// Every tensor of the `.safetensors` file at `path` as (name, f32 values, shape), in name order,
+/// checked as a model shard is. For small files used whole (LoRA adapters): the values take at
+/// most twice the file's size.
+pub(crate) fn read_all_f32(path: &Path) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: read-only map of a file we do not modify.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let shard = Shard::parse(path.to_path_buf(), Arc::new(map))?;
+    let mut names: Vec<&String> = shard.tensors.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let info = &shard.tensors[name];
+            let values = f32_values(info.dtype, shard.data(info))
+                .ok_or_else(|| Error::UnsupportedDtype { path: path.into(), tensor: name.clone(), dtype: format!("{:?}", info.dtype) })?;
+            Ok((name.clone(), values, info.shape.clone()))
+        })
+        .collect()
+}
+
+/// A JSON file of a model or adapter directory, refused unread when larger than 16 MiB.
+pub(crate) fn read_small_json(path: &Path) -> Result<String> {
+    read_json_file(path)
+}
+
 /// An opened HF directory.
 pub struct HfModelDir {
     dir: PathBuf,
@@ -673,12 +709,8 @@ impl WeightSource for HfModelDir {
     fn load_f32(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let Some((hf, shift)) = self.hf_name(name) else { return Ok(None) };
         let Some((path, _, view)) = self.tensor(&hf)? else { return Ok(None) };
-        let data = view.data();
-        let mut values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(Error::UnsupportedDtype { path: path.to_path_buf(), tensor: hf, dtype: format!("{other:?}") }),
+        let Some(mut values) = f32_values(view.dtype(), view.data()) else {
+            return Err(Error::UnsupportedDtype { path: path.to_path_buf(), tensor: hf, dtype: format!("{:?}", view.dtype()) });
         };
         if shift != 0.0 {
             values.iter_mut().for_each(|v| *v += shift);

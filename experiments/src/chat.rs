@@ -25,6 +25,9 @@ pub struct SpeculationArgs {
     /// Draft model for speculative decoding (same vocabulary as --model); implies --proposer draft.
     #[arg(long)]
     pub draft: Option<String>,
+    /// A LoRA adapter directory (PEFT format) applied to the draft.
+    #[arg(long, requires = "draft")]
+    pub draft_adapter: Option<std::path::PathBuf>,
     /// Speculative proposer: `draft` (needs --draft), `ngram` (prompt lookup) or `layer-skip`.
     #[arg(long, value_enum)]
     pub proposer: Option<ProposerKind>,
@@ -125,7 +128,7 @@ impl Models {
         let kind = spec.kind()?;
         let draft = match (&spec.draft, kind) {
             (Some(d), Some(ProposerKind::Draft)) => {
-                let draft = crate::load_draft(d, &target.tokenizer, device)?;
+                let draft = crate::load_draft(d, spec.draft_adapter.as_deref(), &target.tokenizer, device)?;
                 // A session re-renders the conversation every turn; a text-bridged draft would
                 // need its own rendering and KV state in step, which sessions do not keep.
                 if draft.comparison.mode == engine::speculative::PairMode::Text {
@@ -188,15 +191,8 @@ pub struct ChatArgs {
     /// System message at the start of the conversation.
     #[arg(long)]
     pub system: Option<String>,
-    /// A Jinja chat template to use instead of the model's own (e.g. for a base model).
-    #[arg(long)]
-    pub chat_template: Option<std::path::PathBuf>,
-    /// Instructions the chat template may run per rendering (see engine::tokenizer::TemplateLimits).
-    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().fuel)]
-    pub template_fuel: u64,
-    /// Bytes the chat template may create, copy, scan or compare per rendering.
-    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().max_bytes)]
-    pub template_max_bytes: usize,
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Longest reply per turn.
     #[arg(long, default_value_t = 512)]
     pub max_new_tokens: usize,
@@ -223,6 +219,35 @@ pub struct ChatArgs {
     pub speculation: SpeculationArgs,
     #[command(flatten)]
     pub runtime: crate::RuntimeArgs,
+}
+
+/// The chat template and the limits it runs under (`chat`, and `generate --chat`).
+#[derive(Args, Debug, Clone)]
+pub struct TemplateArgs {
+    /// A Jinja chat template to use instead of the model's own (e.g. for a base model).
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
+    /// Instructions the chat template may run per rendering (see engine::tokenizer::TemplateLimits).
+    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().fuel)]
+    pub template_fuel: u64,
+    /// Bytes the chat template may create, copy, scan or compare per rendering.
+    #[arg(long, default_value_t = engine::tokenizer::TemplateLimits::default().max_bytes)]
+    pub template_max_bytes: usize,
+}
+
+impl TemplateArgs {
+    /// `tok` with the template file (if any) and these limits; template errors name the file.
+    pub fn apply(&self, tok: Tokenizer) -> Result<Tokenizer> {
+        let tok = match &self.chat_template {
+            Some(path) => {
+                let template = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                tok.with_chat_template_from(template, path.display().to_string())
+            }
+            None => tok,
+        };
+        let limits = engine::tokenizer::TemplateLimits { fuel: self.template_fuel, max_bytes: self.template_max_bytes, ..*tok.template_limits() };
+        Ok(tok.with_template_limits(limits))
+    }
 }
 
 /// What `/stats` reports about the last turn.
@@ -343,12 +368,7 @@ pub fn stop_ids(tok: &Tokenizer) -> Vec<u32> {
 
 /// Runs the conversation loop over `input` until it ends or `/quit`.
 pub fn run(args: &ChatArgs, mut models: Models, input: &mut dyn BufRead, out: &mut dyn Write, notes: &mut dyn Write) -> Result<()> {
-    if let Some(path) = &args.chat_template {
-        let template = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        models.target.tokenizer = models.target.tokenizer.with_chat_template_from(template, path.display().to_string());
-    }
-    let limits = engine::tokenizer::TemplateLimits { fuel: args.template_fuel, max_bytes: args.template_max_bytes, ..*models.target.tokenizer.template_limits() };
-    models.target.tokenizer = models.target.tokenizer.with_template_limits(limits);
+    models.target.tokenizer = args.template.apply(models.target.tokenizer)?;
     let tok = &models.target.tokenizer;
     if tok.chat_template().is_none() {
         bail!("`{}` has no chat template: pass --chat-template FILE", args.model);

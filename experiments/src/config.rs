@@ -57,6 +57,11 @@ pub struct ModelEntry {
     pub threads: Option<usize>,
     #[serde(default)]
     pub kernels: Option<String>,
+    /// A LoRA adapter directory (PEFT's `adapter_config.json` + `adapter_model.safetensors`)
+    /// applied to this model, relative to the config's directory: e.g. a draft aligned to its
+    /// target by `specdec align`, listed beside the unadapted draft as a model of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -141,6 +141,9 @@ struct CertifyArgs {
     model: String,
     #[arg(long)]
     draft: String,
+    /// A LoRA adapter directory (PEFT format) applied to the draft.
+    #[arg(long)]
+    draft_adapter: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 2)]
     k: usize,
     #[arg(long, default_value_t = 1.0)]
@@ -219,6 +222,8 @@ struct GenerateArgs {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    #[command(flatten)]
+    template: chat::TemplateArgs,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// 0 = greedy. (Negative values parse, so that the engine's check names the problem.)
@@ -311,8 +316,9 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let load_start = Instant::now();
-    let loaded = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
+    let mut loaded = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
     let load_s = load_start.elapsed().as_secs_f64();
+    loaded.tokenizer = args.template.apply(loaded.tokenizer)?;
     let tok = &loaded.tokenizer;
     let prompt_ids = encode_prompt(tok, &args.prompt, args.chat, args.system.as_deref())?;
     let cfg = GenerationConfig {
@@ -323,7 +329,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     };
     let sp = &args.speculation;
     let draft = match &sp.draft {
-        Some(spec) => Some(load_draft(spec, tok, &device)?),
+        Some(spec) => Some(load_draft(spec, sp.draft_adapter.as_deref(), tok, &device)?),
         None => None,
     };
     let bridge = draft.as_ref().and_then(|d| d.bridge(tok));
@@ -718,8 +724,9 @@ impl Draft {
 
 /// Loads a draft model and classifies its vocabulary against the target's: same ids, ids the
 /// target extends, or a different vocabulary (drafted through text).
-fn load_draft(spec: &str, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<Draft> {
-    let loaded = engine::load_model(spec, device).with_context(|| format!("loading draft model `{spec}`"))?;
+fn load_draft(spec: &str, adapter: Option<&std::path::Path>, target: &engine::tokenizer::Tokenizer, device: &burn::tensor::Device) -> Result<Draft> {
+    let adapter = adapter.map(engine::model::LoraAdapter::open).transpose()?;
+    let loaded = engine::load_model_adapted(spec, adapter.as_ref(), device).with_context(|| format!("loading draft model `{spec}`"))?;
     let comparison = engine::speculative::compare_vocabularies(&loaded.tokenizer, target);
     Ok(Draft { loaded, comparison })
 }
@@ -748,7 +755,7 @@ fn cmd_certify(args: CertifyArgs) -> Result<()> {
     let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
     let target = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
-    let draft = load_draft(&args.draft, &target.tokenizer, &device)?;
+    let draft = load_draft(&args.draft, args.draft_adapter.as_deref(), &target.tokenizer, &device)?;
     let bridge = draft.bridge(&target.tokenizer);
     let tok = &target.tokenizer;
     let spec = ProposerSpec {

@@ -242,6 +242,12 @@ pub fn run_new(config_path: &Path, opts: &RunOptions) -> Result<RunDir> {
             *table = base.join(&*table).canonicalize().with_context(|| format!("draft_vocab_table {}", table.display()))?;
         }
     }
+    // Adapters likewise.
+    for (name, model) in &mut cfg.models {
+        if let Some(dir) = model.adapter.as_mut() {
+            *dir = base.join(&*dir).canonicalize().with_context(|| format!("model `{name}`: adapter {}", dir.display()))?;
+        }
+    }
     let mut run_id = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('T', "-").trim_end_matches('Z').to_string();
     if let Some(s) = opts.shard {
         run_id.push_str(&format!("-shard{}of{}", s.index, s.count));
@@ -395,10 +401,17 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             eprintln!("loading {name} ({}) on {backend} with {threads} threads", entry.source);
         }
         let kernels = cfg.kernels_of(name)?;
+        let adapter = match &entry.adapter {
+            Some(dir) => Some(engine::model::LoraAdapter::open(dir).with_context(|| format!("model `{name}`: adapter {}", dir.display()))?),
+            None => None,
+        };
         let loaded = pool
-            .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model(&entry.source, &device)))
+            .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model_adapted(&entry.source, adapter.as_ref(), &device)))
             .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
-        let files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
+        let mut files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
+        if let (Some(dir), None) = (&entry.adapter, &previous) {
+            files.extend(hash_files(dir)?);
+        }
         manifest_models.insert(
             name.to_string(),
             ModelManifest {

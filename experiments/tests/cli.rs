@@ -473,3 +473,73 @@ fn report_skip(reason: &str) {
     let test = thread.name().filter(|n| *n != "main").unwrap_or("(unnamed test)");
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }
+
+#[test]
+fn generate_chat_takes_a_template_file_and_its_limits() {
+    let model = tiny("llama.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &model, "--prompt", "hello", "--chat", "--max-new-tokens", "2", "--threads", "1"];
+        args.extend_from_slice(extra);
+        specdec(&args)
+    };
+    // The tiny model has no template of its own: a template file supplies one.
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no chat template"), "{}", stderr(&o));
+    let good = temp_file("plain.jinja", b"{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}");
+    let o = run(&["--chat-template", &good]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same template under a tiny budget.
+    let o = run(&["--chat-template", &good, "--template-fuel", "10"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("plain.jinja") && stderr(&o).contains("exceeded its fuel limit"), "{}", stderr(&o));
+    let o = run(&["--chat-template", &good, "--template-max-bytes", "4"]);
+    assert!(stderr(&o).contains("exceeded its bytes limit"), "{}", stderr(&o));
+    // Its errors name the file.
+    let doubling = temp_file("doubling.jinja", b"{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}");
+    let o = run(&["--chat-template", &doubling]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("doubling.jinja") && stderr(&o).contains("exceeded its"), "{}", stderr(&o));
+}
+
+fn lora(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/lora").join(name).to_string_lossy().into_owned()
+}
+
+/// `--draft-adapter`: an adapted draft changes acceptance, never the greedy output; certify's χ²
+/// test passes with it; a broken adapter is refused naming its file.
+#[test]
+fn a_draft_adapter_changes_acceptance_but_not_the_output() {
+    let (model, draft, adapter) = (tiny("llama.gguf"), tiny("llama-draft.gguf"), lora("llama"));
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", &model, "--draft", &draft, "--k", "3", "--schedule", "fixed", "--prompt", "hello",
+            "--max-new-tokens", "24", "--ignore-eos", "--json", "--baseline", "--threads", "1"];
+        args.extend_from_slice(extra);
+        let o = specdec(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let (plain, adapted, zero) = (gen(&[]), gen(&["--draft-adapter", &adapter]), gen(&["--draft-adapter", &lora("llama-zero")]));
+    for j in [&plain, &adapted, &zero] {
+        assert_eq!(j["baseline_tokens_equal"], true, "{j}");
+        assert_eq!(j["tokens"], plain["tokens"]);
+    }
+    assert_eq!(zero["accepted"], plain["accepted"], "a zero adapter drafts exactly what the draft alone drafts");
+    assert_ne!(adapted["per_position"], plain["per_position"], "the adapter should change what the draft proposes");
+
+    let o = specdec(&["certify", "--model", &model, "--draft", &draft, "--draft-adapter", &adapter, "--k", "2",
+        "--temperature", "1.0", "--top-k", "3", "--samples", "3000", "--max-new-tokens", "3", "--prompt", "hello",
+        "--json", "--threads", "1"]);
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["verdict"].as_str(), Some("consistent"), "{j}");
+    assert!(j["cells"].as_u64().unwrap() >= 20, "{j}");
+
+    // An adapter for another architecture's layout, and one that is not there.
+    let o = specdec(&["generate", "--model", &model, "--draft", &draft, "--draft-adapter", &lora("gemma3"), "--prompt", "hello", "--max-new-tokens", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("adapter_model.safetensors"), "{}", stderr(&o));
+    let o = specdec(&["generate", "--model", &model, "--draft", &draft, "--draft-adapter", "/nonexistent", "--prompt", "hello"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/nonexistent/adapter_config.json"), "{}", stderr(&o));
+}

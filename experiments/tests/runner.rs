@@ -362,3 +362,38 @@ fn report_skip(reason: &str) {
     let test = thread.name().filter(|n| *n != "main").unwrap_or("(unnamed test)");
     let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {reason}");
 }
+
+/// A model entry with `adapter = "DIR"` (relative to the config): the adapted draft runs as a model
+/// of its own beside the plain one, greedy speculation stays identical to the target, and the
+/// manifest pins the adapter's files by hash.
+#[test]
+fn an_adapted_draft_is_a_model_of_its_own() {
+    let ws = workspace("adapter", "", "k = [3]\ntemperature = [0.0]\nmax_new_tokens = [8]");
+    let adapter = ws.join("aligned-adapter");
+    std::fs::create_dir_all(&adapter).unwrap();
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/lora/llama");
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture.join(f), adapter.join(f)).unwrap();
+    }
+    let config = std::fs::read_to_string(ws.join("tiny.toml")).unwrap().replace(
+        "[[pairs]]\ntarget = \"target\"\nproposer = \"ngram\"",
+        &format!("[models.aligned]\nsource = \"{}\"\nadapter = \"aligned-adapter\"\n[[pairs]]\ntarget = \"target\"\ndraft = \"aligned\"", tiny("llama-draft.gguf")),
+    );
+    std::fs::write(ws.join("tiny.toml"), config).unwrap();
+    let out = ws.join("results");
+    let o = specdec(&["run", ws.join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = &run_dirs(&out)[0];
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let files = manifest["models"]["aligned"]["files"].as_array().unwrap();
+    assert!(files.iter().any(|f| f["path"].as_str().unwrap().ends_with("aligned-adapter/adapter_model.safetensors") && f["sha256"].as_str().unwrap().len() == 64), "{files:?}");
+    let summary: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let spec: Vec<&serde_json::Value> = summary.iter().filter(|c| c["kind"] == "spec").collect();
+    assert_eq!(spec.len(), 2, "{summary:?}");
+    for cell in spec {
+        assert_eq!(cell["greedy_identical"], cell["greedy_compared"], "{cell}");
+    }
+    // The run's own copy of the config names the adapter by absolute path, for --resume.
+    let copied = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(copied.contains(&adapter.canonicalize().unwrap().to_string_lossy().into_owned()), "{copied}");
+}

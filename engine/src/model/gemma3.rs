@@ -8,7 +8,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
+use super::weights::{load_embedding, load_linear, load_matrix_opt, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -173,9 +173,7 @@ impl Gemma3 {
         let c = &cfg.base;
         let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q_out, kv_out) = (c.n_heads * hd, c.n_kv_heads * hd);
-        let linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear { weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?, bias: None })
-        };
+        let linear = |name: &str, out: usize, inp: usize| load_linear(src, name, out, inp, false, device);
         let blocks = (0..c.n_layers)
             .map(|i| {
                 let p = |t: &str| format!("blk.{i}.{t}");
@@ -196,7 +194,7 @@ impl Gemma3 {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = load_matrix_opt(src, "output.weight", c.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
+        let output = load_matrix_opt(src, "output.weight", c.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None, low_rank: None });
         Ok(Gemma3 {
             embed: load_embedding(src, "token_embd.weight", c.vocab_size, d, device, output.is_none())?,
             final_norm: load_vector(src, "output_norm.weight", d, device)?,

@@ -5,7 +5,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_embedding, load_matrix, load_vector};
+use super::weights::{load_embedding, load_linear, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -154,12 +154,7 @@ impl GptNeox {
             });
         }
         let (d, f) = (c.hidden_size, c.intermediate_size);
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?,
-                bias: if bias { Some(load_vector(src, &format!("{name}.bias"), out, device)?) } else { None },
-            })
-        };
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| load_linear(src, name, out, inp, bias, device);
         let norm = |name: &str| -> Result<(Vector, Vector)> {
             Ok((load_vector(src, &format!("{name}.weight"), d, device)?, load_vector(src, &format!("{name}.bias"), d, device)?))
         };

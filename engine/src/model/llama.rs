@@ -4,7 +4,7 @@
 
 use super::act::{Act, Vector};
 use super::rope::Rope;
-use super::weights::{load_embedding, load_matrix, load_matrix_opt, load_vector};
+use super::weights::{load_embedding, load_linear, load_matrix_opt, load_vector};
 use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
@@ -104,12 +104,7 @@ impl Llama {
         cfg.check(src.origin())?;
         let (d, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (q_out, kv_out) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                weight: load_matrix(src, &format!("{name}.weight"), out, inp, device)?,
-                bias: if bias { Some(load_vector(src, &format!("{name}.bias"), out, device)?) } else { None },
-            })
-        };
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| load_linear(src, name, out, inp, bias, device);
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let p = |t: &str| format!("blk.{i}.{t}");
@@ -126,7 +121,7 @@ impl Llama {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let output = load_matrix_opt(src, "output.weight", cfg.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None });
+        let output = load_matrix_opt(src, "output.weight", cfg.vocab_size, d, device)?.map(|weight| Linear { weight, bias: None, low_rank: None });
         let rope = Rope::new(&cfg, cfg.rope_theta, cfg.context_length, device);
         let tied_embeddings = output.is_none();
         Ok(Llama {

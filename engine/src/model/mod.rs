@@ -10,6 +10,7 @@ mod cache;
 mod gemma3;
 mod gpt_neox;
 mod llama;
+mod lora;
 mod rope;
 mod weights;
 
@@ -18,6 +19,7 @@ pub use cache::KvCache;
 pub use gemma3::{Gemma3, Gemma3Config};
 pub use gpt_neox::{Gelu, GptNeox, GptNeoxConfig, QkvLayout};
 pub use llama::Llama;
+pub use lora::{LoraAdapter, LowRankPair};
 pub use weights::WeightSource;
 
 use act::{Act, Vector};
@@ -92,7 +94,7 @@ impl HeadSubset {
     /// The rows `ids` (distinct, below `vocab`) of the head `weight` (and `bias`).
     fn new(weight: &Matrix, bias: Option<&Vector>, ids: &[u32], vocab: usize) -> Result<Self> {
         let mut subset = Self::ids_only(ids, vocab)?;
-        subset.head = Some(Linear { weight: weight.select_rows(ids)?, bias: bias.map(|b| b.select(ids)) });
+        subset.head = Some(Linear { weight: weight.select_rows(ids)?, bias: bias.map(|b| b.select(ids)), low_rank: None });
         Ok(subset)
     }
 
@@ -371,10 +373,17 @@ fn host_rows(data: &[f32], inp: usize, ids: &[u32]) -> Vec<f32> {
     ids.iter().flat_map(|&t| &data[t as usize * inp..(t as usize + 1) * inp]).copied().collect()
 }
 
-/// A dense projection y = x·Wᵀ (+ b).
+/// A dense projection y = x·Wᵀ (+ b) (+ x·Aᵀ·Bᵀ, a LoRA update).
 struct Linear {
     weight: Matrix,
     bias: Option<Vector>,
+    low_rank: Option<LowRank>,
+}
+
+/// A low-rank update A [r, in], B [out, r] (B scaled), added beside the unchanged weight.
+struct LowRank {
+    a: Matrix,
+    b: Matrix,
 }
 
 impl Linear {
@@ -385,8 +394,12 @@ impl Linear {
 
     fn forward(&self, x: &Act) -> Act {
         let y = self.weight.matmul_t(x);
-        match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.add_bias(b),
+            None => y,
+        };
+        match &self.low_rank {
+            Some(lr) => y.add(&lr.b.matmul_t(&lr.a.matmul_t(x))),
             None => y,
         }
     }
@@ -422,6 +435,22 @@ impl FamilyConfig {
                 supported: SUPPORTED_ARCHITECTURES.join(", "),
             }),
         }
+    }
+
+    /// [`load`](Self::load) with `adapter`'s low-rank updates on its projections (none without);
+    /// an adapter matrix that matches no projection of the model is an error.
+    pub fn load_adapted(self, src: &dyn WeightSource, adapter: Option<&LoraAdapter>, device: &Device) -> Result<Box<dyn CausalLm>> {
+        let Some(adapter) = adapter else { return self.load(src, device) };
+        if let FamilyConfig::GptNeox(_) = self {
+            return Err(Error::Adapter {
+                path: adapter.weights_file().to_path_buf(),
+                problem: "LoRA adapters for GPT-NeoX models are not supported (Llama, Qwen2 and Gemma3 are)".into(),
+            });
+        }
+        let adapted = lora::Adapted::new(src, adapter, self.base());
+        let model = self.load(&adapted, device)?;
+        adapted.check_all_used()?;
+        Ok(model)
     }
 
     /// Builds the family's model from `src`, whose tensors carry GGUF names.

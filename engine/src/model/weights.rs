@@ -4,10 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::cpu::{kernel_mode, KernelMode, QuantMatrix};
-use super::{MatrixData, Vector};
+use super::lora::LowRankPair;
+use super::{Linear, LowRank, MatrixData, Vector};
 use crate::gguf::Gguf;
 use burn::tensor::Device;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A store of named tensors.
 pub trait WeightSource {
@@ -20,6 +21,12 @@ pub trait WeightSource {
     /// The matrix `name` in its stored block format, when the source keeps one the kernels can
     /// multiply directly; `None` sends the caller to [`load_f32`](Self::load_f32).
     fn load_packed(&self, _name: &str) -> Result<Option<(QuantMatrix, Vec<usize>)>> {
+        Ok(None)
+    }
+
+    /// A low-rank update of the matrix `name` and the file it comes from, when the source is
+    /// adapted ([`super::lora`]).
+    fn load_low_rank(&self, _name: &str) -> Result<Option<(LowRankPair, PathBuf)>> {
         Ok(None)
     }
 }
@@ -73,6 +80,32 @@ pub(crate) fn load_vector_opt(src: &dyn WeightSource, name: &str, len: usize, de
 pub(crate) fn load_matrix(src: &dyn WeightSource, name: &str, out: usize, inp: usize, device: &Device) -> Result<super::Matrix> {
     load_matrix_opt(src, name, out, inp, device)?
         .ok_or_else(|| Error::MissingTensor { path: src.origin().to_path_buf(), tensor: name.to_string() })
+}
+
+/// Loads the projection `{name}.weight` [out, inp] (with `{name}.bias` when `bias`), and its
+/// low-rank update when the source is adapted.
+pub(crate) fn load_linear(src: &dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool, device: &Device) -> Result<Linear> {
+    let weight_name = format!("{name}.weight");
+    let low_rank = match src.load_low_rank(&weight_name)? {
+        None => None,
+        Some((pair, file)) => {
+            let r = pair.rank;
+            for (what, found, expected) in [("lora_A", &pair.a_shape, [r, inp]), ("lora_B", &pair.b_shape, [out, r])] {
+                if found[..] != expected {
+                    return Err(Error::TensorShape { path: file, tensor: format!("{}.{what}", pair.module), expected: expected.to_vec(), found: found.clone() });
+                }
+            }
+            Some(LowRank {
+                a: super::Matrix::new(MatrixData::F32(pair.a), r, inp, device),
+                b: super::Matrix::new(MatrixData::F32(pair.b_scaled), out, r, device),
+            })
+        }
+    };
+    Ok(Linear {
+        weight: load_matrix(src, &weight_name, out, inp, device)?,
+        bias: if bias { Some(load_vector(src, &format!("{name}.bias"), out, device)?) } else { None },
+        low_rank,
+    })
 }
 
 /// Loads an embedding matrix [vocab, hidden]: ready for products too when it is `multiplied` (an
