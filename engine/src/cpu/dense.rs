@@ -204,15 +204,16 @@ where
         for j in (0..n).step_by(4) {
             let m = 4.min(n - j);
             weight_rows(first + j, &mut buf[..m * inp]);
-            let wr: Vec<&[f32]> = buf[..m * inp].chunks_exact(inp).collect();
+            // Row t of the group, without allocating (narrow products call this per 4 columns).
+            let wr = |t: usize| &buf[t * inp..(t + 1) * inp];
             for (r, xrow) in x.chunks_exact(inp).enumerate() {
                 if m == 4 {
-                    for (t, v) in dot4(xrow, [wr[0], wr[1], wr[2], wr[3]]).into_iter().enumerate() {
+                    for (t, v) in dot4(xrow, [wr(0), wr(1), wr(2), wr(3)]).into_iter().enumerate() {
                         part[(j + t) * rows + r] = v;
                     }
                 } else {
-                    for (t, w) in wr.iter().enumerate() {
-                        part[(j + t) * rows + r] = dot(xrow, w);
+                    for t in 0..m {
+                        part[(j + t) * rows + r] = dot(xrow, wr(t));
                     }
                 }
             }
