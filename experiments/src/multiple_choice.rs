@@ -26,6 +26,10 @@ pub struct EvalArgs {
     /// Model: a .gguf file, an HF directory, hf:/pypi: source or a short name.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter directory (PEFT format) applied to the model: e.g. to check that aligning a
+    /// draft to its target did not cost it what it knew.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// MMLU-format CSV files, or directories whose *.csv files are read (one subject per file).
     #[arg(long, required = true, value_name = "FILE|DIR")]
     pub multiple_choice: Vec<PathBuf>,
@@ -84,6 +88,9 @@ pub struct Accuracy {
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     pub model: String,
+    /// The LoRA adapter applied to the model, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     pub format: Format,
     pub shots: usize,
     pub cpu: String,
@@ -301,7 +308,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let subjects = read_subjects(&args.multiple_choice)?;
     let dev = if args.dev.is_empty() { Vec::new() } else { read_subjects(&args.dev)? };
     ensure!(args.shots == 0 || !dev.is_empty(), "--shots {} needs --dev FILE|DIR with the worked examples", args.shots);
-    let loaded = engine::load_model(&args.model, &device).with_context(|| format!("loading model `{}`", args.model))?;
+    let adapter = args.adapter.as_deref().map(engine::model::LoraAdapter::open).transpose()?;
+    let loaded = engine::load_model_adapted(&args.model, adapter.as_ref(), &device).with_context(|| format!("loading model `{}`", args.model))?;
     let mut last_percent = usize::MAX;
     let (per_subject, overall) = evaluate(loaded.model.as_ref(), &loaded.tokenizer, args.format, &subjects, &dev, args.shots, args.limit, |done, total| {
         let percent = done * 100 / total.max(1);
@@ -312,7 +320,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     })?;
     eprintln!();
     let macro_accuracy = per_subject.iter().map(|a| a.accuracy).sum::<f64>() / per_subject.len().max(1) as f64;
-    let report = EvalReport { model: args.model.clone(), format: args.format, shots: args.shots, cpu: engine::cpu::features::cpu_model(), subjects: per_subject, overall, macro_accuracy };
+    let report = EvalReport { model: args.model.clone(), adapter: args.adapter.as_ref().map(|a| a.display().to_string()), format: args.format, shots: args.shots, cpu: engine::cpu::features::cpu_model(), subjects: per_subject, overall, macro_accuracy };
     print!("{}", table(&report));
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", out.display()))?;

@@ -183,3 +183,26 @@ fn a_real_model_answers_the_projects_questions_five_shot() {
     let correct = report["overall"]["correct"].as_u64().unwrap();
     assert!(correct >= 24, "cloze: {correct} of 36 correct: {report}");
 }
+
+/// `--adapter`: a zero adapter answers exactly as the model alone, the report names the adapter,
+/// and an adapter that does not fit the model is refused naming its file.
+#[test]
+fn eval_takes_an_adapter_for_the_scored_model() {
+    let dir = scratch("adapter");
+    let (model, path) = (tiny_llama(), dir.join("toy_test.csv"));
+    write_tiny(&path, &['A'; 6]);
+    let lora = |name: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/lora").join(name).to_string_lossy().into_owned();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec!["--model", model.as_str(), "--format", "cloze", "--multiple-choice", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        eval(&args, &dir.join(out))
+    };
+    let plain = run(&[], "plain.json");
+    let zero = run(&["--adapter", &lora("llama-zero")], "zero.json");
+    assert_eq!(zero["subjects"], plain["subjects"], "a zero adapter changed an answer");
+    assert!(zero["adapter"].as_str().unwrap().ends_with("llama-zero"));
+    assert!(plain.get("adapter").is_none());
+    let o = specdec(&["eval", "--model", &model, "--adapter", &lora("gemma3"), "--multiple-choice", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("adapter_model.safetensors"), "{}", stderr(&o));
+}
