@@ -157,6 +157,14 @@ struct Shard {
 }
 
 impl Shard {
+    /// Maps the file at `path` and parses its header.
+    fn open(path: PathBuf) -> Result<Self> {
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: read-only map of a file we do not modify.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Shard::parse(path, Arc::new(map))
+    }
+
     /// Parses the header of `map`: the safetensors crate bounds the header (100 MB), checks the
     /// JSON, dtypes, shape products (overflow-checked) and that the data ranges tile the rest of
     /// the file exactly; a name listed twice (which JSON parsers silently collapse) is refused here.
@@ -203,8 +211,8 @@ fn duplicate_key(json: &str) -> Option<String> {
     serde::Deserializer::deserialize_map(&mut de, FirstDuplicate).ok().flatten()
 }
 
-/// A JSON file of the model directory, refused unread when larger than [`MAX_JSON_BYTES`].
-fn read_json_file(path: &Path) -> Result<String> {
+/// A JSON file of a model or adapter directory, refused unread when larger than [`MAX_JSON_BYTES`].
+pub(crate) fn read_json_file(path: &Path) -> Result<String> {
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > MAX_JSON_BYTES {
         return Err(Error::Metadata {
@@ -271,10 +279,7 @@ fn f32_values(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 /// checked as a model shard is. For small files used whole (LoRA adapters): the values take at
 /// most twice the file's size.
 pub(crate) fn read_all_f32(path: &Path) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only map of a file we do not modify.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let shard = Shard::parse(path.to_path_buf(), Arc::new(map))?;
+    let shard = Shard::open(path.to_path_buf())?;
     let mut names: Vec<&String> = shard.tensors.keys().collect();
     names.sort();
     names
@@ -286,11 +291,6 @@ pub(crate) fn read_all_f32(path: &Path) -> Result<Vec<(String, Vec<f32>, Vec<usi
             Ok((name.clone(), values, info.shape.clone()))
         })
         .collect()
-}
-
-/// A JSON file of a model or adapter directory, refused unread when larger than 16 MiB.
-pub(crate) fn read_small_json(path: &Path) -> Result<String> {
-    read_json_file(path)
 }
 
 /// An opened HF directory.
@@ -311,11 +311,7 @@ impl HfModelDir {
         let files = if index_path.is_file() { shard_names(&index_path)? } else { vec!["model.safetensors".to_string()] };
         let mut shards = Vec::new();
         for name in files {
-            let path = dir.join(&name);
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            // SAFETY: read-only map of a file we do not modify.
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            shards.push(Shard::parse(path, Arc::new(mmap))?);
+            shards.push(Shard::open(dir.join(&name))?);
         }
         let index = tensor_index(&shards)?;
         if index_path.is_file() {

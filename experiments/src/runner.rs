@@ -408,10 +408,12 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
         let loaded = pool
             .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model_adapted(&entry.source, adapter.as_ref(), &device)))
             .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
-        let mut files = if previous.is_none() { hash_files(loaded.files.path())? } else { vec![] };
-        if let (Some(dir), None) = (&entry.adapter, &previous) {
-            files.extend(hash_files(dir)?);
-        }
+        // The model's files and its adapter's, hashed once per run (a resumed run keeps its manifest).
+        let files = match (&previous, &entry.adapter) {
+            (Some(_), _) => vec![],
+            (None, None) => hash_files(loaded.files.path())?,
+            (None, Some(dir)) => [hash_files(loaded.files.path())?, hash_files(dir)?].concat(),
+        };
         manifest_models.insert(
             name.to_string(),
             ModelManifest {

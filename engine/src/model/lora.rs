@@ -61,7 +61,7 @@ impl LoraAdapter {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let config_path = dir.join("adapter_config.json");
-        let text = crate::safetensors::read_small_json(&config_path)?;
+        let text = crate::safetensors::read_json_file(&config_path)?;
         let bad_config = |problem: String| Error::Adapter { path: config_path.clone(), problem };
         let config: Value = serde_json::from_str(&text).map_err(|e| bad_config(e.to_string()))?;
         let (rank, alpha, rslora) = read_config(&config).map_err(bad_config)?;
@@ -70,22 +70,22 @@ impl LoraAdapter {
         let weights_file = dir.join("adapter_model.safetensors");
         let tensors = crate::safetensors::read_all_f32(&weights_file)?;
         let bad = |problem: String| Error::Adapter { path: weights_file.clone(), problem };
-        // module → (A, B), each (values, shape)
-        let mut halves: BTreeMap<String, [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+        // GGUF weight name → (module, [A, B]), each (values, shape)
+        type Half = Option<(Vec<f32>, Vec<usize>)>;
+        let mut halves: BTreeMap<String, (String, [Half; 2])> = BTreeMap::new();
         for (name, values, shape) in tensors {
             let (module, half) = split_name(&name).ok_or_else(|| bad(format!("`{name}` is not a LoRA matrix (…lora_A.weight or …lora_B.weight)")))?;
-            gguf_name(module).map_err(&bad)?;
+            let gguf = gguf_name(module).map_err(&bad)?;
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(bad(format!("`{name}` holds a value that is not finite")));
             }
-            halves.entry(module.to_string()).or_default()[half] = Some((values, shape));
+            halves.entry(gguf).or_insert_with(|| (module.to_string(), [None, None])).1[half] = Some((values, shape));
         }
         let mut pairs = BTreeMap::new();
-        for (module, [a, b]) in halves {
+        for (gguf, (module, [a, b])) in halves {
             let (Some((a, a_shape)), Some((b, b_shape))) = (a, b) else {
                 return Err(bad(format!("`{module}` has only one of lora_A and lora_B")));
             };
-            let gguf = gguf_name(&module).map_err(&bad)?;
             if a_shape.len() != 2 || b_shape.len() != 2 || a_shape[0] != rank || b_shape[1] != rank {
                 return Err(bad(format!(
                     "`{module}`: lora_A {a_shape:?} and lora_B {b_shape:?} are not [{rank}, in] and [out, {rank}] for the configured rank r = {rank}"
