@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod align;
 pub mod constraint;
 pub mod cpu;
 pub mod error;
@@ -76,11 +77,29 @@ pub fn load_model_adapted(spec: &str, adapter: Option<&model::LoraAdapter>, devi
 
 /// [`load_files`] with a LoRA adapter on the model's projections.
 pub fn load_files_adapted(files: ModelFiles, adapter: Option<&model::LoraAdapter>, device: &Device) -> Result<LoadedModel> {
+    load_files_with(files, |family, src| family.load_adapted(src, adapter, device))
+}
+
+/// [`load_files`] with a new LoRA adapter to train (`spec`, PEFT's initialization from `seed`)
+/// on the model's projections; `device` should record gradients (see [`align`]).
+pub fn load_files_trainable(files: ModelFiles, spec: model::LoraSpec, seed: u64, device: &Device) -> Result<(LoadedModel, model::LoraTraining)> {
+    let mut training = None;
+    let loaded = load_files_with(files, |family, src| {
+        let t = model::LoraTraining::new(family.base(), spec, seed, device)?;
+        let model = t.load(family, src, device)?;
+        training = Some(t);
+        Ok(model)
+    })?;
+    Ok((loaded, training.expect("set by the loader")))
+}
+
+/// Opens the files and tokenizer and builds the model with `build` from its family and weights.
+fn load_files_with(files: ModelFiles, build: impl FnOnce(model::FamilyConfig, &dyn model::WeightSource) -> Result<Box<dyn CausalLm>>) -> Result<LoadedModel> {
     match &files {
         ModelFiles::Gguf(path) => {
             let gguf = gguf::Gguf::open(path)?;
             let tokenizer = Tokenizer::from_gguf(&gguf)?;
-            let model = model::FamilyConfig::from_gguf(&gguf)?.load_adapted(&gguf, adapter, device)?;
+            let model = build(model::FamilyConfig::from_gguf(&gguf)?, &gguf)?;
             gguf.release_header_pages();
             let file_bytes = gguf.file_size() as u64;
             Ok(LoadedModel { model, tokenizer, files, file_bytes })
@@ -96,7 +115,7 @@ pub fn load_files_adapted(files: ModelFiles, adapter: Option<&model::LoraAdapter
             let config = dir.join("tokenizer_config.json");
             let tokenizer = Tokenizer::from_json_file(&tokenizer_json, config.is_file().then_some(config.as_path()))?;
             let hf = safetensors::HfModelDir::open(dir)?;
-            let model = hf.family_config()?.load_adapted(&hf, adapter, device)?;
+            let model = build(hf.family_config()?, &hf)?;
             let file_bytes = std::fs::read_dir(dir)
                 .map(|d| {
                     d.filter_map(|e| e.ok())

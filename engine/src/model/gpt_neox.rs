@@ -6,11 +6,11 @@
 use super::act::{Act, Vector};
 use super::rope::Rope;
 use super::weights::{load_embedding, load_linear, load_vector};
-use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
+use super::{logits_to_host, logits_tensor, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 /// Which GELU the MLP applies (HF `hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -267,6 +267,10 @@ impl GptNeox {
 impl CausalLm for GptNeox {
     fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
         logits_to_host(self.output.forward(&self.hidden(tokens, cache, rows)?))
+    }
+
+    fn forward_tensor(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Tensor<2>> {
+        logits_tensor(self.output.forward(&self.hidden(tokens, cache, rows)?))
     }
 
     fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {

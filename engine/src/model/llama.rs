@@ -5,11 +5,11 @@
 use super::act::{Act, Vector};
 use super::rope::Rope;
 use super::weights::{load_embedding, load_linear, load_matrix_opt, load_vector};
-use super::{logits_to_host, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
+use super::{logits_to_host, logits_tensor, AttentionShape, CausalLm, HeadSubset, KvCache, Linear, LogitRows, Matrix, ModelConfig, RopeStyle, WeightSource};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 pub struct Llama {
     cfg: ModelConfig,
@@ -185,14 +185,24 @@ impl Llama {
     }
 }
 
-impl CausalLm for Llama {
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+impl Llama {
+    /// Logits of the requested rows: the LM head (or the tied embedding) over the final norm.
+    fn logits(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Act> {
         let x = self.hidden(tokens, cache, rows)?;
-        let logits = match &self.output {
+        Ok(match &self.output {
             Some(head) => head.forward(&x),
             None => self.embed.matmul_t(&x),
-        };
-        logits_to_host(logits)
+        })
+    }
+}
+
+impl CausalLm for Llama {
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Logits> {
+        logits_to_host(self.logits(tokens, cache, rows)?)
+    }
+
+    fn forward_tensor(&self, tokens: &[u32], cache: &mut KvCache, rows: LogitRows) -> Result<Tensor<2>> {
+        logits_tensor(self.logits(tokens, cache, rows)?)
     }
 
     fn head_subset(&self, ids: &[u32]) -> Result<HeadSubset> {

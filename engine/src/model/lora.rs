@@ -21,7 +21,7 @@ const MAX_RANK: usize = 4096;
 
 /// The modules of a transformers Llama/Qwen2/Gemma3 layer an adapter may target, and the GGUF
 /// name of each one's weight.
-const MODULES: &[(&str, &str)] = &[
+pub(super) const MODULES: &[(&str, &str)] = &[
     ("self_attn.q_proj", "attn_q"),
     ("self_attn.k_proj", "attn_k"),
     ("self_attn.v_proj", "attn_v"),
@@ -259,7 +259,7 @@ impl WeightSource for Adapted<'_> {
 
 /// Rows of a [out, cols] matrix reordered as llama.cpp's converter reorders Q and K for its
 /// "normal" rotation: within each head, rows (i, i + d/2) become neighbours (2i, 2i + 1).
-fn permute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result::Result<Vec<f32>, String> {
+pub(super) fn permute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result::Result<Vec<f32>, String> {
     if heads == 0 || out % heads != 0 || (out / heads) % 2 != 0 {
         return Err(format!("{out} rows do not split into {heads} heads of an even size"));
     }
@@ -275,6 +275,25 @@ fn permute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result
         }
     }
     Ok(permuted)
+}
+
+/// The inverse of [`permute_rows`]: llama.cpp's row order back to transformers'.
+pub(super) fn unpermute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result::Result<Vec<f32>, String> {
+    if heads == 0 || out % heads != 0 || (out / heads) % 2 != 0 {
+        return Err(format!("{out} rows do not split into {heads} heads of an even size"));
+    }
+    let head = out / heads;
+    let half = head / 2;
+    let mut original = vec![0.0; m.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let (from, to) = (h * head + 2 * i + j, h * head + j * half + i);
+                original[to * cols..(to + 1) * cols].copy_from_slice(&m[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    Ok(original)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod gemma3;
 mod gpt_neox;
 mod llama;
 mod lora;
+mod lora_trained;
 mod rope;
 mod weights;
 
@@ -20,6 +21,7 @@ pub use gemma3::{Gemma3, Gemma3Config};
 pub use gpt_neox::{Gelu, GptNeox, GptNeoxConfig, QkvLayout};
 pub use llama::Llama;
 pub use lora::{LoraAdapter, LowRankPair};
+pub use lora_trained::{LoraSpec, LoraTraining, TrainedPair};
 pub use weights::WeightSource;
 
 use act::{Act, Vector};
@@ -56,6 +58,13 @@ pub trait CausalLm: Send + Sync {
     }
 
     fn config(&self) -> &ModelConfig;
+
+    /// [`forward`](Self::forward)'s logits as a tensor on the model's device, inside whatever
+    /// autodiff graph the device records (training, `crate::align`). Models on host kernels
+    /// have no such tensor.
+    fn forward_tensor(&self, _tokens: &[u32], _cache: &mut KvCache, _rows: LogitRows) -> Result<Tensor<2>> {
+        Err(Error::InvalidArgument("this model computes on host kernels: load it on a Burn device to get logits as a tensor".into()))
+    }
 
     /// The LM head restricted to `ids` (a truncated vocabulary for drafting: only those rows of
     /// the output layer are computed), for [`forward_subset`](Self::forward_subset). The default
@@ -380,10 +389,12 @@ struct Linear {
     low_rank: Option<LowRank>,
 }
 
-/// A low-rank update A [r, in], B [out, r] (B scaled), added beside the unchanged weight.
-struct LowRank {
-    a: Matrix,
-    b: Matrix,
+/// A low-rank update added beside the unchanged weight.
+enum LowRank {
+    /// From an adapter file: A [r, in] and B [out, r], B already scaled.
+    Fixed { a: Matrix, b: Matrix },
+    /// Being trained (`crate::align`): tracked tensors the trainer replaces after each step.
+    Trained(std::sync::Arc<TrainedPair>),
 }
 
 impl Linear {
@@ -399,7 +410,8 @@ impl Linear {
             None => y,
         };
         match &self.low_rank {
-            Some(lr) => y.add(&lr.b.matmul_t(&lr.a.matmul_t(x))),
+            Some(LowRank::Fixed { a, b }) => y.add(&b.matmul_t(&a.matmul_t(x))),
+            Some(LowRank::Trained(pair)) => y.add(&pair.apply(x)),
             None => y,
         }
     }
@@ -478,6 +490,14 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "gptneox", "gem
 
 /// Hugging Face `model_type` values `load_hf` accepts.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "qwen2", "gpt_neox", "gemma3_text"];
+
+/// Logits as a device tensor, for [`CausalLm::forward_tensor`].
+fn logits_tensor(logits: Act) -> Result<Tensor<2>> {
+    match logits {
+        Act::Device(t) => Ok(t),
+        Act::Host { .. } => Err(Error::InvalidArgument("this model computes on host kernels: load it on a Burn device to get logits as a tensor".into())),
+    }
+}
 
 /// Logits of `rows` positions in host memory.
 fn logits_to_host(logits: Act) -> Result<Logits> {

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::cpu::{kernel_mode, KernelMode, QuantMatrix};
 use super::lora::LowRankPair;
+use super::lora_trained::TrainedPair;
 use super::{Linear, LowRank, MatrixData, Vector};
 use crate::gguf::Gguf;
 use burn::tensor::Device;
@@ -28,6 +29,12 @@ pub trait WeightSource {
     /// adapted ([`super::lora`]).
     fn load_low_rank(&self, _name: &str) -> Result<Option<(LowRankPair, PathBuf)>> {
         Ok(None)
+    }
+
+    /// A low-rank update of the matrix `name` that is being trained, when the source carries
+    /// one ([`super::lora_trained`]).
+    fn trained_low_rank(&self, _name: &str) -> Option<std::sync::Arc<TrainedPair>> {
+        None
     }
 }
 
@@ -95,10 +102,19 @@ pub(crate) fn load_linear(src: &dyn WeightSource, name: &str, out: usize, inp: u
                     return Err(Error::TensorShape { path: file, tensor: format!("{}.{what}", pair.module), expected: expected.to_vec(), found: found.clone() });
                 }
             }
-            Some(LowRank {
+            Some(LowRank::Fixed {
                 a: super::Matrix::new(MatrixData::F32(pair.a), r, inp, device),
                 b: super::Matrix::new(MatrixData::F32(pair.b_scaled), out, r, device),
             })
+        }
+    };
+    let low_rank = match src.trained_low_rank(&weight_name) {
+        None => low_rank,
+        Some(pair) => {
+            if pair.shape() != (out, inp) {
+                return Err(Error::TensorShape { path: src.origin().to_path_buf(), tensor: weight_name, expected: vec![out, inp], found: vec![pair.shape().0, pair.shape().1] });
+            }
+            Some(LowRank::Trained(pair))
         }
     };
     Ok(Linear {
