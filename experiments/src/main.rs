@@ -1,6 +1,7 @@
 //! `specdec`: the command-line front end of the speculative decoding engine.
 //! The only place that picks a Burn backend and the thread count.
 
+mod align;
 mod backend;
 mod bench;
 mod calibrate;
@@ -76,6 +77,9 @@ enum Command {
         #[arg(long, default_value = "notebooks-data/exports")]
         to: std::path::PathBuf,
     },
+    /// Distil the target into the draft with a LoRA adapter (trained on Burn's autodiff, written
+    /// in PEFT's format): the target's distributions on its own continuations of the prompts.
+    Align(align::AlignArgs),
     /// Score a model on multiple-choice questions (MMLU's CSV layout) by each answer letter's
     /// log-likelihood: accuracy with 95% intervals per subject and overall.
     Eval(multiple_choice::EvalArgs),
@@ -292,6 +296,7 @@ fn main() {
         Command::Run(args) => cmd_run(args),
         Command::VocabFreq(args) => vocab_freq::run(&args),
         Command::Eval(args) => multiple_choice::run(&args),
+        Command::Align(args) => align::run(&args),
         Command::Summarize { dir } => report::finalize(&dir).map(|cells| print!("{}", summary::table(&cells))),
         Command::Export { dir, to } => report::export(&dir, &to).map(|files| {
             for f in files {

@@ -543,3 +543,53 @@ fn a_draft_adapter_changes_acceptance_but_not_the_output() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("/nonexistent/adapter_config.json"), "{}", stderr(&o));
 }
+
+/// `specdec align` on the tiny Llama pair: the draft's loss on the target's distributions falls,
+/// the adapter it writes is PEFT's layout and drives a speculative run that stays equal to the
+/// target; a non-empty output folder and an unknown module are refused.
+#[test]
+fn align_trains_an_adapter_that_lowers_the_loss_and_drives_a_lossless_run() {
+    let (model, draft) = (tiny("llama.gguf"), tiny("llama-draft.gguf"));
+    let prompts = temp_file("align.jsonl", br#"{"id": "a", "prompt": "hello"}
+{"id": "b", "prompt": "the cat"}
+{"id": "c", "prompt": "once upon"}
+{"id": "d", "prompt": "zebra"}
+"#);
+    let out = std::env::temp_dir().join(format!("specdec-align-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let out_s = out.to_string_lossy().into_owned();
+    let align = |extra: &[&str]| {
+        let mut args = vec!["align", "--draft", &draft, "--target", &model, "--prompts", &prompts, "--held-out", &prompts,
+            "--rank", "4", "--modules", "q,k,v,o,gate,up,down", "--steps", "15", "--batch", "2", "--lr", "1e-2",
+            "--max-new-tokens", "12", "--out", &out_s, "--threads", "1"];
+        args.extend_from_slice(extra);
+        specdec(&args)
+    };
+    let o = align(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["adapter_config.json", "adapter_model.safetensors", "training.json"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("training.json")).unwrap()).unwrap();
+    let (before, after) = (report["held_out_loss_before"].as_f64().unwrap(), report["held_out_loss_after"].as_f64().unwrap());
+    assert!(after < 0.8 * before, "loss {before} → {after}: {report}");
+    assert_eq!(report["data"], "distributions");
+    assert_eq!(report["steps"], 15);
+    assert!(report["train_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["r"].as_u64()), (Some("LORA"), Some(4)));
+
+    let o = specdec(&["generate", "--model", &model, "--draft", &draft, "--draft-adapter", &out_s, "--k", "3", "--prompt", "hello",
+        "--max-new-tokens", "24", "--ignore-eos", "--json", "--baseline", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["baseline_tokens_equal"], true, "{j}");
+
+    let o = align(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = align(&["--modules", "q,lm_head"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("lm_head"), "{}", stderr(&o));
+}
