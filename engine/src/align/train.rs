@@ -56,8 +56,8 @@ impl<'a> Trainer<'a> {
             .pairs()
             .iter()
             .map(|p| {
-                let (a, b) = p.values();
-                Moments { a: (vec![0.0; a.len()], vec![0.0; a.len()]), b: (vec![0.0; b.len()], vec![0.0; b.len()]) }
+                let (a, b) = p.sizes();
+                Moments { a: (vec![0.0; a], vec![0.0; a]), b: (vec![0.0; b], vec![0.0; b]) }
             })
             .collect();
         Ok(Trainer { model, training, cfg, moments, steps: 0 })
@@ -70,9 +70,10 @@ impl<'a> Trainer<'a> {
             return Err(Error::InvalidArgument("a training batch without trained positions".into()));
         }
         let pairs = self.training.pairs();
+        // Sizes only: the values themselves stay on the device until the update.
         let mut grads: Vec<(Vec<f32>, Vec<f32>)> = pairs.iter().map(|p| {
-            let (a, b) = p.values();
-            (vec![0.0; a.len()], vec![0.0; b.len()])
+            let (a, b) = p.sizes();
+            (vec![0.0; a], vec![0.0; b])
         }).collect();
         let mut total = 0.0;
         for example in batch {

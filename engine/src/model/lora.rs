@@ -260,40 +260,33 @@ impl WeightSource for Adapted<'_> {
 /// Rows of a [out, cols] matrix reordered as llama.cpp's converter reorders Q and K for its
 /// "normal" rotation: within each head, rows (i, i + d/2) become neighbours (2i, 2i + 1).
 pub(super) fn permute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result::Result<Vec<f32>, String> {
-    if heads == 0 || out % heads != 0 || (out / heads) % 2 != 0 {
-        return Err(format!("{out} rows do not split into {heads} heads of an even size"));
-    }
-    let head = out / heads;
-    let half = head / 2;
-    let mut permuted = vec![0.0; m.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let (to, from) = (h * head + 2 * i + j, h * head + j * half + i);
-                permuted[to * cols..(to + 1) * cols].copy_from_slice(&m[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    Ok(permuted)
+    reorder_rows(m, out, cols, heads, false)
 }
 
 /// The inverse of [`permute_rows`]: llama.cpp's row order back to transformers'.
 pub(super) fn unpermute_rows(m: &[f32], out: usize, cols: usize, heads: usize) -> std::result::Result<Vec<f32>, String> {
+    reorder_rows(m, out, cols, heads, true)
+}
+
+/// Row (h, i, j) of llama.cpp's order is row (h, j, i) of transformers' (i < d/2, j < 2);
+/// `inverse` copies the other way.
+fn reorder_rows(m: &[f32], out: usize, cols: usize, heads: usize, inverse: bool) -> std::result::Result<Vec<f32>, String> {
     if heads == 0 || out % heads != 0 || (out / heads) % 2 != 0 {
         return Err(format!("{out} rows do not split into {heads} heads of an even size"));
     }
     let head = out / heads;
     let half = head / 2;
-    let mut original = vec![0.0; m.len()];
+    let mut reordered = vec![0.0; m.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let (from, to) = (h * head + 2 * i + j, h * head + j * half + i);
-                original[to * cols..(to + 1) * cols].copy_from_slice(&m[from * cols..(from + 1) * cols]);
+                let (llama_cpp, transformers) = (h * head + 2 * i + j, h * head + j * half + i);
+                let (to, from) = if inverse { (transformers, llama_cpp) } else { (llama_cpp, transformers) };
+                reordered[to * cols..(to + 1) * cols].copy_from_slice(&m[from * cols..(from + 1) * cols]);
             }
         }
     }
-    Ok(original)
+    Ok(reordered)
 }
 
 #[cfg(test)]

@@ -41,6 +41,11 @@ impl TrainedPair {
         (self.out, self.inp)
     }
 
+    /// Number of values in A and in B.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.rank * self.inp, self.out * self.rank)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -64,12 +69,13 @@ impl TrainedPair {
     pub fn gradients(&self, grads: &Gradients) -> (Vec<f32>, Vec<f32>) {
         let (a, b) = self.tensors.read().expect("LoRA tensors poisoned").clone();
         let g = |t: &Tensor<2>, n: usize| t.grad(grads).map(host).unwrap_or_else(|| vec![0.0; n]);
-        (g(&a, self.rank * self.inp), g(&b, self.out * self.rank))
+        let (na, nb) = self.sizes();
+        (g(&a, na), g(&b, nb))
     }
 
     /// Replaces A and B with new tracked leaves holding these values.
     pub fn set(&self, a: Vec<f32>, b: Vec<f32>) {
-        assert_eq!((a.len(), b.len()), (self.rank * self.inp, self.out * self.rank), "LoRA parameter sizes");
+        assert_eq!((a.len(), b.len()), self.sizes(), "LoRA parameter sizes");
         *self.tensors.write().expect("LoRA tensors poisoned") = leaves(a, b, self.rank, self.inp, self.out, &self.device);
     }
 }
