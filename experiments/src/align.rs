@@ -122,8 +122,12 @@ pub struct AlignReport {
     pub train_seconds: f64,
     /// Tokens the draft read per second of training (forward + backward + update).
     pub train_tokens_per_s: f64,
-    /// Tokens per second of the same forward pass without backward (held-out evaluation).
+    /// Tokens per second of the same forward pass without backward: the held-out evaluation
+    /// after training, when every buffer and thread the pass needs has been made once.
     pub forward_tokens_per_s: Option<f64>,
+    /// The same held-out evaluation before training: the draft's first passes, slower by the
+    /// one-time costs (allocation, page faults) the training's rate has paid off over its steps.
+    pub forward_tokens_per_s_first: Option<f64>,
     pub held_out_loss_before: Option<f64>,
     pub held_out_loss_after: Option<f64>,
     pub step_losses: Vec<f64>,
@@ -238,7 +242,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     let (loaded, training) = engine::load_files_trainable(draft_files, spec, args.seed, &device.clone().autodiff()).with_context(|| format!("loading draft `{}` for training", args.draft))?;
     let model = loaded.model.as_ref();
     let loss = Loss::from(args.loss);
-    let (before, forward_rate) = if held.is_empty() { (None, None) } else {
+    let (before, first_rate) = if held.is_empty() { (None, None) } else {
         let (l, r) = mean_loss(model, &held, loss)?;
         eprintln!("held-out loss before: {l:.4}");
         (Some(l), Some(r))
@@ -273,7 +277,10 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let train_seconds = train_start.elapsed().as_secs_f64();
-    let after = if held.is_empty() { None } else { Some(mean_loss(model, &held, loss)?.0) };
+    let (after, forward_rate) = if held.is_empty() { (None, None) } else {
+        let (l, r) = mean_loss(model, &held, loss)?;
+        (Some(l), Some(r))
+    };
     training.save_peft(&args.out, &args.draft)?;
     let report = AlignReport {
         draft: args.draft.clone(),
@@ -296,6 +303,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
         train_seconds,
         train_tokens_per_s: tokens as f64 / train_seconds.max(1e-9),
         forward_tokens_per_s: forward_rate,
+        forward_tokens_per_s_first: first_rate,
         held_out_loss_before: before,
         held_out_loss_after: after,
         step_losses,

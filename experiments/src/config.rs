@@ -590,6 +590,32 @@ file = "p.jsonl"
         assert!(multi.iter().all(|p| p.messages.as_ref().is_some_and(|m| m.len() >= 3)));
     }
 
+    /// The alignment split: no held-out prompt (by id or by text) is among the prompts an adapter
+    /// may be trained on — every `*-train.jsonl` of the split and the vocabulary-table prompts.
+    #[test]
+    fn alignment_held_out_prompts_are_never_trained_on() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let dir = root.join("notebooks-data/prompts/align");
+        let (mut training, mut held_out) = (vec![read_prompts(&root.join("notebooks-data/prompts/vocab-train.jsonl")).unwrap()], Vec::new());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let prompts = read_prompts(&path).unwrap();
+            if name.ends_with("-train.jsonl") {
+                training.push(prompts);
+            } else if name.ends_with("-held-out.jsonl") {
+                held_out.push(prompts);
+            } else {
+                panic!("{name}: neither a training nor a held-out half");
+            }
+        }
+        assert_eq!(held_out.len(), 4, "one held-out half per category");
+        let trained: Vec<_> = training.iter().flatten().collect();
+        for p in held_out.iter().flatten() {
+            assert!(trained.iter().all(|t| t.id != p.id && t.prompt != p.prompt), "held-out prompt `{}` is also a training prompt", p.id);
+        }
+    }
+
     #[test]
     fn cross_references_are_checked() {
         let e = ExperimentConfig::parse(&MINIMAL.replace("proposer = \"ngram\"", "draft = \"b\"")).unwrap_err().to_string();
