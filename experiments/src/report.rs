@@ -5,7 +5,7 @@ use crate::config::{ExperimentConfig, PromptSet};
 use crate::records::{read_records, Record};
 use crate::runner::{now, planned_keys, Manifest};
 use crate::rundir::write_atomic;
-use crate::summary::{best_k, csv_bytes, per_category, summarize, table, CellSummary};
+use crate::summary::{best_k, csv_bytes, paired_differences, per_category, summarize, table, CellSummary};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -70,6 +70,15 @@ fn report(cells: &[CellSummary], records: &[Record], manifest: Option<&Manifest>
         md.push_str("## Per category\n\nSpec-Bench's terms: speedup over target-only decoding of the same prompts (mean ± 95% CI) and mean tokens per target call τ (\"mean accepted tokens\").\n\n| pair | schedule | k | T | category | prompts | speedup | τ |\n|---|---|---|---|---|---|---|---|\n");
         for c in &categories {
             md.push_str(&format!("| {} | {} | {} | {} | {} | {} | {}× | {:.2} |\n", c.pair, c.schedule, c.k, c.temperature, c.category, c.records, c.speedup.show(2), c.tau));
+        }
+        md.push('\n');
+    }
+    let paired = paired_differences(records);
+    if !paired.is_empty() {
+        md.push_str("## Pairs compared on the same prompts\n\nEach pair's generation minus the first pair's on the same prompt and repeat (mean ± 95% CI over the matched generations): paired, so the variation between prompts, which both share, drops out.\n\n| pair | against | prompt set | k | T | matched | Δα̂ | Δspeedup |\n|---|---|---|---|---|---|---|---|\n");
+        for p in &paired {
+            let speedup = p.speedup_difference.map_or("–".into(), |s| format!("{}×", s.show_signed(2)));
+            md.push_str(&format!("| {} | {} | {} | {} | {} | {} | {} | {speedup} |\n", p.pair, p.against, p.prompt_set, p.k, p.temperature, p.matched, p.alpha_difference.show_signed(3)));
         }
         md.push('\n');
     }

@@ -30,6 +30,14 @@ impl Estimate {
         Estimate { mean, ci_low: Some(mean - half), ci_high: Some(mean + half), n }
     }
 
+    /// `+0.05 ± 0.04`: a difference, signed, with the CI's half-width.
+    pub fn show_signed(&self, digits: usize) -> String {
+        match self.ci_high {
+            Some(hi) => format!("{:+.*} ± {:.*}", digits, self.mean, digits, hi - self.mean),
+            None => format!("{:+.*}", digits, self.mean),
+        }
+    }
+
     /// `1.23 ± 0.04` (half-width of the CI), or just the mean.
     pub fn show(&self, digits: usize) -> String {
         match self.ci_high {
@@ -114,6 +122,72 @@ pub fn per_category(records: &[Record]) -> Vec<CategoryRow> {
             CategoryRow { pair, schedule, k, temperature: f32::from_bits(t), category, records: rs.len(), speedup: Estimate::of(&ratios), tau: if n > 0 { e as f64 / n as f64 } else { f64::NAN } }
         })
         .collect()
+}
+
+/// One draft pair against the run's first pair on the same prompts, repeats and settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedRow {
+    pub pair: String,
+    pub against: String,
+    pub prompt_set: String,
+    pub schedule: String,
+    pub k: usize,
+    pub temperature: f32,
+    /// Generations matched with the first pair's (same prompt, repeat and sampling settings).
+    pub matched: usize,
+    /// α̂ of this pair's generation minus the first pair's, per matched generation.
+    pub alpha_difference: Estimate,
+    /// Speedup of this pair's generation minus the first pair's, each over the same target-only run.
+    pub speedup_difference: Option<Estimate>,
+}
+
+/// Paired differences between draft pairs. Two pairs run on the same prompts and repeats share the
+/// prompt-to-prompt variation (a hard prompt is hard for both), so the per-prompt difference has a
+/// much narrower interval than the two cells' separate intervals suggest. Every pair after the
+/// first is compared with the first (in record order), within each prompt set, schedule, k and T.
+pub fn paired_differences(records: &[Record]) -> Vec<PairedRow> {
+    let baseline = baseline_index(records);
+    let mut pairs: Vec<&str> = Vec::new();
+    for r in records.iter().filter(|r| r.kind == Kind::Spec) {
+        if !pairs.contains(&r.pair.as_str()) {
+            pairs.push(&r.pair);
+        }
+    }
+    let Some((&first, others)) = pairs.split_first() else { return vec![] };
+    // The first pair's records by everything that must match except the pair itself.
+    let setting = |r: &Record| (r.schedule.clone(), r.params.clone(), r.k, r.group());
+    let reference: HashMap<_, &Record> = records.iter().filter(|r| r.kind == Kind::Spec && r.pair == first).map(|r| (setting(r), r)).collect();
+    let mut rows = Vec::new();
+    for &pair in others {
+        let mut groups: BTreeMap<(String, String, usize, u32), Vec<(&Record, &Record)>> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.kind == Kind::Spec && r.pair == pair) {
+            if let Some(f) = reference.get(&setting(r)) {
+                groups.entry((r.prompt_set.clone(), r.schedule.clone(), r.k, r.temperature.to_bits())).or_default().push((r, f));
+            }
+        }
+        for ((prompt_set, schedule, k, t), matched) in groups {
+            let alpha: Vec<f64> = matched.iter().map(|(r, f)| r.alpha - f.alpha).collect();
+            let speedup: Vec<f64> = matched
+                .iter()
+                .filter_map(|(r, f)| {
+                    let b = baseline.get(&(Kind::Target, r.model.as_str(), r.group())).filter(|b| b.decode_tok_s > 0.0 && r.model == f.model)?;
+                    Some((r.decode_tok_s - f.decode_tok_s) / b.decode_tok_s)
+                })
+                .collect();
+            rows.push(PairedRow {
+                pair: pair.to_string(),
+                against: first.to_string(),
+                prompt_set,
+                schedule,
+                k,
+                temperature: f32::from_bits(t),
+                matched: matched.len(),
+                alpha_difference: Estimate::of(&alpha),
+                speedup_difference: (!speedup.is_empty()).then(|| Estimate::of(&speedup)),
+            });
+        }
+    }
+    rows
 }
 
 /// Expected tokens per verification for real-valued k (adaptive schedules average their k).
@@ -366,6 +440,48 @@ mod tests {
         assert!((e.mean - 2.0).abs() < 1e-12);
         assert!((e.ci_high.unwrap() - (2.0 + 3.182446305284263 * s / 2.0)).abs() < 1e-9, "{e:?}");
         assert_eq!(Estimate::of(&[5.0]).ci_low, None);
+    }
+
+    fn record(kind: &str, pair: &str, prompt: &str, alpha: f64, decode_tok_s: f64) -> Record {
+        let line = format!(
+            r#"{{"key":"{kind}{pair}{prompt}","cell":"{kind}{pair}","kind":"{kind}","pair":"{pair}","model":"t","proposer":"model","schedule":"fixed","k":4,"temperature":1.0,"top_p":1.0,"top_k":0,"max_new_tokens":8,"prompt_set":"s","prompt_id":"{prompt}","category":"","repeat":0,"seed":0,"prompt_tokens":1,"new_tokens":8,"stop":"length","prefill_s":0.1,"decode_s":0.1,"prefill_tok_s":10.0,"decode_tok_s":{decode_tok_s},"drafted":8,"accepted":4,"iterations":4,"emitted":8,"position_tested":[],"position_accepted":[],"alpha":{alpha},"tau":2.0,"draft_s":0.0,"verify_s":0.0,"overhead_s":0.0,"draft_steps":0,"tokens":[1],"text":"x"}}"#
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn paired_differences_match_prompts_and_see_a_shift_the_separate_intervals_hide() {
+        // Prompts differ a lot (α̂ 0.2 … 0.8); the second pair is 0.05 better on every one, ± 0.01.
+        let mut records = Vec::new();
+        let base = [0.2, 0.8, 0.35, 0.65, 0.5, 0.3];
+        for (i, a) in base.iter().enumerate() {
+            let p = format!("p{i}");
+            records.push(record("target", "", &p, 0.0, 10.0));
+            records.push(record("spec", "plain", &p, *a, 10.0 * (1.0 + a)));
+            let shift = 0.05 + if i % 2 == 0 { 0.01 } else { -0.01 };
+            records.push(record("spec", "aligned", &p, a + shift, 10.0 * (1.0 + a + shift)));
+        }
+        // A prompt only the second pair ran is not matched with anything.
+        records.push(record("spec", "aligned", "extra", 0.99, 20.0));
+        let rows = paired_differences(&records);
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!((row.pair.as_str(), row.against.as_str(), row.matched), ("aligned", "plain", 6));
+        assert!((row.alpha_difference.mean - 0.05).abs() < 1e-9, "{row:?}");
+        assert!(row.alpha_difference.ci_low.unwrap() > 0.03, "{row:?}");
+        let speedup = row.speedup_difference.unwrap();
+        assert!((speedup.mean - 0.05).abs() < 1e-9 && speedup.ci_low.unwrap() > 0.0, "{speedup:?}");
+        // The two cells on their own: intervals far wider than the shift, overlapping.
+        let cells = summarize(&records);
+        let by_pair = |p: &str| cells.iter().find(|c| c.pair == p).unwrap().alpha_per_generation.unwrap();
+        assert!(by_pair("plain").ci_high.unwrap() > by_pair("aligned").ci_low.unwrap());
+        // Pairing by position instead of by prompt (a broken variant) loses the shift in noise.
+        let (plain, aligned): (Vec<&Record>, Vec<&Record>) =
+            (records.iter().filter(|r| r.pair == "plain").collect(), records.iter().filter(|r| r.pair == "aligned").rev().collect());
+        let misaligned = Estimate::of(&plain.iter().zip(&aligned).map(|(f, r)| r.alpha - f.alpha).collect::<Vec<_>>());
+        assert!(misaligned.ci_low.unwrap() < 0.0, "{misaligned:?}");
+        let one_pair: Vec<Record> = records.iter().filter(|r| r.pair != "aligned").cloned().collect();
+        assert!(paired_differences(&one_pair).is_empty(), "one pair: nothing to compare");
     }
 
     #[test]
