@@ -7,7 +7,10 @@
 //! 2. The target is dropped; the draft is loaded on Burn's autodiff device with a fresh adapter
 //!    (A random, B zero: it starts as the draft itself).
 //! 3. Adam over shuffled batches for --epochs or --steps (or until --max-minutes), reporting the
-//!    loss, tokens/s and the held-out loss before and after.
+//!    loss, tokens/s and the held-out loss and expected acceptance before and after.
+//!
+//! `--evaluate ADAPTER` trains nothing: it measures an existing adapter's expected acceptance on
+//! the held-out prompts with the inference kernels, against the draft without it.
 
 use crate::chat::stop_ids;
 use crate::config::{read_prompts, Prompt};
@@ -32,7 +35,7 @@ pub struct AlignArgs {
     #[arg(long)]
     pub target: String,
     /// Training prompts (JSONL prompt files, notebooks-data/prompts/README.md).
-    #[arg(long, required = true, num_args = 1.., value_name = "PROMPTS.jsonl")]
+    #[arg(long, required_unless_present = "evaluate", num_args = 1.., value_name = "PROMPTS.jsonl")]
     pub prompts: Vec<PathBuf>,
     /// Held-out prompts: their loss is reported before and after training (not trained on).
     #[arg(long, num_args = 1.., value_name = "PROMPTS.jsonl")]
@@ -76,7 +79,13 @@ pub struct AlignArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where the adapter (adapter_config.json, adapter_model.safetensors) and training.json go.
+    /// Train nothing: measure an adapter already made (this command's or PEFT's) on the held-out
+    /// prompts, the draft with it against the draft without it, both on the inference kernels;
+    /// writes evaluation.json to --out.
+    #[arg(long, value_name = "ADAPTER_DIR", requires = "held_out", conflicts_with_all = ["steps", "max_minutes"])]
+    pub evaluate: Option<PathBuf>,
+    /// Where the adapter (adapter_config.json, adapter_model.safetensors) and training.json go
+    /// (evaluation.json with --evaluate).
     #[arg(long)]
     pub out: PathBuf,
     #[command(flatten)]
@@ -130,6 +139,8 @@ pub struct AlignReport {
     pub forward_tokens_per_s_first: Option<f64>,
     pub held_out_loss_before: Option<f64>,
     pub held_out_loss_after: Option<f64>,
+    /// Per held-out file: the expected acceptance before and after training.
+    pub held_out_acceptance: Vec<HeldOutAcceptance>,
     pub step_losses: Vec<f64>,
     pub stopped_by_time: bool,
     pub cpu: String,
@@ -151,22 +162,63 @@ fn prompt_ids(tok: &Tokenizer, p: &Prompt) -> Result<Vec<u32>> {
     })
 }
 
-fn read_all(files: &[PathBuf]) -> Result<Vec<Prompt>> {
+/// Every prompt of `files`, each with the index of its file.
+fn read_all(files: &[PathBuf]) -> Result<Vec<(usize, Prompt)>> {
     let mut all = Vec::new();
-    for f in files {
-        all.extend(read_prompts(f)?);
+    for (i, f) in files.iter().enumerate() {
+        all.extend(read_prompts(f)?.into_iter().map(|p| (i, p)));
     }
     Ok(all)
 }
 
+/// The draft's expected acceptance on one held-out file's target continuations, before and after
+/// training: 1 − TV(target, draft) per position (bucketed like the loss: the target's top-k and
+/// the rest, which can only overstate it by the mass the buckets merge), averaged per sequence.
+/// At T = 1 speculative sampling accepts a drafted token with exactly this probability on the
+/// target's own text, so it is α without the sampling noise of a decoding run; with hard labels
+/// (another vocabulary) it is the draft's probability of the target's next token.
+#[derive(Debug, Serialize)]
+pub struct HeldOutAcceptance {
+    pub file: String,
+    pub sequences: usize,
+    pub before: crate::summary::Estimate,
+    pub after: crate::summary::Estimate,
+    /// after − before per sequence (paired), with its 95% interval.
+    pub change: crate::summary::Estimate,
+}
+
+/// Each held-out sequence's mean 1 − TV under `model`.
+fn acceptance_per_sequence(model: &dyn engine::model::CausalLm, examples: &[(usize, Example)]) -> Result<Vec<f64>> {
+    examples.iter().map(|(_, e)| Ok(1.0 - evaluate(model, e, Loss::Tvd)?)).collect()
+}
+
+fn acceptance_by_file(files: &[PathBuf], held: &[(usize, Example)], before: &[f64], after: &[f64]) -> Vec<HeldOutAcceptance> {
+    use crate::summary::Estimate;
+    files
+        .iter()
+        .enumerate()
+        .filter_map(|(f, path)| {
+            let rows: Vec<usize> = (0..held.len()).filter(|&i| held[i].0 == f).collect();
+            (!rows.is_empty()).then(|| HeldOutAcceptance {
+                file: path.display().to_string(),
+                sequences: rows.len(),
+                before: Estimate::of(&rows.iter().map(|&i| before[i]).collect::<Vec<_>>()),
+                after: Estimate::of(&rows.iter().map(|&i| after[i]).collect::<Vec<_>>()),
+                change: Estimate::of(&rows.iter().map(|&i| after[i] - before[i]).collect::<Vec<_>>()),
+            })
+        })
+        .collect()
+}
+
 /// The distillation examples for `prompts`: `samples` target continuations each.
-fn make_data(args: &AlignArgs, prompts: &[Prompt], target: &engine::LoadedModel, draft_tok: &Tokenizer, same_vocab: bool, what: &str) -> Result<Vec<Example>> {
+/// Each example comes with the file index of its prompt.
+fn make_data(args: &AlignArgs, prompts: &[(usize, Prompt)], target: &engine::LoadedModel, draft_tok: &Tokenizer, same_vocab: bool, what: &str) -> Result<Vec<(usize, Example)>> {
     let stop = stop_ids(&target.tokenizer);
     let bar = ProgressBar::new((prompts.len() * args.samples) as u64);
     bar.set_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("template"));
     bar.set_message(format!("target continues the {what} prompts"));
     let mut examples = Vec::new();
-    for (i, p) in prompts.iter().enumerate() {
+    for (i, (file, p)) in prompts.iter().enumerate() {
         let ids = prompt_ids(&target.tokenizer, p)?;
         for s in 0..args.samples {
             let cfg = DistillConfig { max_new_tokens: args.max_new_tokens, temperature: args.temperature, top_k: args.top_k, seed: args.seed ^ ((i * args.samples + s) as u64).wrapping_mul(0x9E37_79B9) };
@@ -185,7 +237,7 @@ fn make_data(args: &AlignArgs, prompts: &[Prompt], target: &engine::LoadedModel,
                 }
                 Example::labels(tokens, draft_prompt.len())?
             };
-            examples.push(example);
+            examples.push((*file, example));
             bar.inc(1);
         }
     }
@@ -193,15 +245,69 @@ fn make_data(args: &AlignArgs, prompts: &[Prompt], target: &engine::LoadedModel,
     Ok(examples)
 }
 
-fn mean_loss(model: &dyn engine::model::CausalLm, examples: &[Example], loss: Loss) -> Result<(f64, f64)> {
+fn mean_loss(model: &dyn engine::model::CausalLm, examples: &[(usize, Example)], loss: Loss) -> Result<(f64, f64)> {
     let start = Instant::now();
     let (mut sum, mut positions, mut tokens) = (0.0, 0usize, 0usize);
-    for e in examples {
+    for (_, e) in examples {
         sum += evaluate(model, e, loss)? * e.trained() as f64;
         positions += e.trained();
         tokens += e.tokens.len() - 1;
     }
     Ok((sum / positions.max(1) as f64, tokens as f64 / start.elapsed().as_secs_f64()))
+}
+
+/// evaluation.json of `--evaluate`: the adapter's effect on the held-out prompts.
+#[derive(Debug, Serialize)]
+pub struct EvaluationReport {
+    pub draft: String,
+    pub target: String,
+    pub adapter: String,
+    pub held_out: Vec<String>,
+    pub data: &'static str,
+    pub held_out_acceptance: Vec<HeldOutAcceptance>,
+    pub seconds: f64,
+    pub cpu: String,
+    pub threads: usize,
+}
+
+/// `--evaluate`: the held-out data exactly as a training run makes it (same seeds), then the
+/// expected acceptance of the draft without and with the adapter, loaded as `generate`,
+/// `run` and `certify` load it.
+fn evaluate_adapter(args: &AlignArgs, adapter_dir: &Path, device: &burn::tensor::Device, threads: usize) -> Result<()> {
+    let start = Instant::now();
+    let adapter = engine::model::LoraAdapter::open(adapter_dir)?;
+    let held_prompts = read_all(&args.held_out)?;
+    ensure!(!held_prompts.is_empty(), "no held-out prompts");
+    let draft_files = engine::source::resolve(&args.draft).with_context(|| format!("resolving draft `{}`", args.draft))?;
+    let draft_tok = Tokenizer::from_model_files(&draft_files)?;
+    let (held, same_vocab) = {
+        let target = engine::load_model(&args.target, device).with_context(|| format!("loading target `{}`", args.target))?;
+        let same_vocab = target.tokenizer.vocab_fingerprint() == draft_tok.vocab_fingerprint();
+        (make_data(args, &held_prompts, &target, &draft_tok, same_vocab, "held-out")?, same_vocab)
+    };
+    let before = {
+        let plain = engine::load_files(draft_files.clone(), device).with_context(|| format!("loading draft `{}`", args.draft))?;
+        acceptance_per_sequence(plain.model.as_ref(), &held)?
+    };
+    let adapted = engine::load_files_adapted(draft_files, Some(&adapter), device).with_context(|| format!("loading draft `{}` with {}", args.draft, adapter_dir.display()))?;
+    let after = acceptance_per_sequence(adapted.model.as_ref(), &held)?;
+    let report = EvaluationReport {
+        draft: args.draft.clone(),
+        target: args.target.clone(),
+        adapter: adapter_dir.display().to_string(),
+        held_out: args.held_out.iter().map(|p| p.display().to_string()).collect(),
+        data: if same_vocab { "distributions" } else { "labels" },
+        held_out_acceptance: acceptance_by_file(&args.held_out, &held, &before, &after),
+        seconds: start.elapsed().as_secs_f64(),
+        cpu: engine::cpu::features::cpu_model(),
+        threads,
+    };
+    for a in &report.held_out_acceptance {
+        println!("{}: expected acceptance {} → {} ({} paired, {} sequences)", a.file, a.before.show(3), a.after.show(3), a.change.show_signed(3), a.sequences);
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let path = args.out.join("evaluation.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn run(args: &AlignArgs) -> Result<()> {
@@ -210,14 +316,17 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     ensure!(args.batch > 0, "--batch must be at least 1");
     ensure!(args.samples > 0 && args.max_new_tokens > 0, "--samples and --max-new-tokens must be at least 1");
     ensure!(args.temperature.is_finite() && args.temperature >= 0.0, "--temperature must be a finite number ≥ 0");
+    if std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("{}: the output directory is not empty (an adapter is never overwritten)", args.out.display());
+    }
+    if let Some(adapter) = &args.evaluate {
+        return evaluate_adapter(args, adapter, &device, threads);
+    }
     let modules = args.modules.iter().map(|m| module_name(m)).collect::<Result<Vec<_>>>()?;
     let spec = LoraSpec { rank: args.rank, alpha: args.lora_alpha, modules: modules.clone() };
     let train_prompts = read_all(&args.prompts)?;
     let held_prompts = read_all(&args.held_out)?;
     ensure!(!train_prompts.is_empty(), "no training prompts");
-    if std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some()) {
-        bail!("{}: the output directory is not empty (an adapter is never overwritten)", args.out.display());
-    }
 
     let data_start = Instant::now();
     let draft_files = engine::source::resolve(&args.draft).with_context(|| format!("resolving draft `{}`", args.draft))?;
@@ -225,7 +334,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     let (train, held, same_vocab) = {
         let target = engine::load_model(&args.target, &device).with_context(|| format!("loading target `{}`", args.target))?;
         let same_vocab = target.tokenizer.vocab_fingerprint() == draft_tok.vocab_fingerprint();
-        let train = make_data(args, &train_prompts, &target, &draft_tok, same_vocab, "training")?;
+        let train: Vec<Example> = make_data(args, &train_prompts, &target, &draft_tok, same_vocab, "training")?.into_iter().map(|(_, e)| e).collect();
         let held = make_data(args, &held_prompts, &target, &draft_tok, same_vocab, "held-out")?;
         (train, held, same_vocab)
     };
@@ -247,6 +356,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
         eprintln!("held-out loss before: {l:.4}");
         (Some(l), Some(r))
     };
+    let acceptance_before = acceptance_per_sequence(model, &held)?;
 
     let per_epoch = train.len().div_ceil(args.batch);
     let steps = args.steps.unwrap_or(per_epoch * args.epochs);
@@ -281,6 +391,10 @@ pub fn run(args: &AlignArgs) -> Result<()> {
         let (l, r) = mean_loss(model, &held, loss)?;
         (Some(l), Some(r))
     };
+    let held_out_acceptance = acceptance_by_file(&args.held_out, &held, &acceptance_before, &acceptance_per_sequence(model, &held)?);
+    for a in &held_out_acceptance {
+        eprintln!("{}: expected acceptance {:.3} → {:.3} ({} by sequence)", a.file, a.before.mean, a.after.mean, a.change.show_signed(3));
+    }
     training.save_peft(&args.out, &args.draft)?;
     let report = AlignReport {
         draft: args.draft.clone(),
@@ -306,6 +420,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
         forward_tokens_per_s_first: first_rate,
         held_out_loss_before: before,
         held_out_loss_after: after,
+        held_out_acceptance,
         step_losses,
         stopped_by_time,
         cpu: engine::cpu::features::cpu_model(),

@@ -578,8 +578,30 @@ fn align_trains_an_adapter_that_lowers_the_loss_and_drives_a_lossless_run() {
     for rate in ["train_tokens_per_s", "forward_tokens_per_s", "forward_tokens_per_s_first"] {
         assert!(report[rate].as_f64().is_some_and(|r| r > 0.0), "{rate}: {report}");
     }
+    // The prompts are their own held-out file here: one row, whose expected acceptance rose.
+    let acceptance = &report["held_out_acceptance"][0];
+    assert_eq!(acceptance["sequences"], 4, "{report}");
+    let (b, a) = (acceptance["before"]["mean"].as_f64().unwrap(), acceptance["after"]["mean"].as_f64().unwrap());
+    assert!((0.0..=1.0).contains(&b) && (0.0..=1.0).contains(&a) && a > b, "expected acceptance {b} → {a}: {report}");
+    assert!((acceptance["change"]["mean"].as_f64().unwrap() - (a - b)).abs() < 1e-9, "{report}");
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!((config["peft_type"].as_str(), config["r"].as_u64()), (Some("LORA"), Some(4)));
+
+    // --evaluate: the same held-out data, the adapter loaded for inference: the same gain.
+    let evaluation = out.with_extension("evaluation");
+    let _ = std::fs::remove_dir_all(&evaluation);
+    let o = specdec(&["align", "--draft", &draft, "--target", &model, "--held-out", &prompts, "--evaluate", &out_s,
+        "--max-new-tokens", "12", "--out", &evaluation.to_string_lossy(), "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(evaluation.join("evaluation.json")).unwrap()).unwrap();
+    let row = &e["held_out_acceptance"][0];
+    for (when, trained) in [("before", b), ("after", a)] {
+        let measured = row[when]["mean"].as_f64().unwrap();
+        assert!((measured - trained).abs() < 0.05, "{when}: {measured} on the inference kernels, {trained} in training: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&evaluation);
+    let o = specdec(&["align", "--draft", &draft, "--target", &model, "--evaluate", &out_s, "--out", &evaluation.to_string_lossy()]);
+    assert_eq!(o.status.code(), Some(2), "--evaluate without --held-out: {}", stderr(&o));
 
     let o = specdec(&["generate", "--model", &model, "--draft", &draft, "--draft-adapter", &out_s, "--k", "3", "--prompt", "hello",
         "--max-new-tokens", "24", "--ignore-eos", "--json", "--baseline", "--threads", "1"]);
