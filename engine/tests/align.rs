@@ -158,6 +158,16 @@ fn training_on_a_toy_task_lowers_the_loss_and_exports_a_peft_adapter() {
         let want = model.forward_tensor(tokens, &mut cache, LogitRows::All).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
         let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-4, "{arch}: the exported adapter differs from the trained model by {diff}");
+        // Expected acceptance (1 − TV from host logits) on both: the device loss's complement.
+        for e in &examples {
+            let tv = evaluate(model.as_ref(), e, Loss::Tvd).unwrap();
+            for (on, m) in [("autodiff", model.as_ref()), ("host kernels", host.as_ref())] {
+                let a = engine::align::expected_acceptance(m, e).unwrap();
+                assert!((a - (1.0 - tv)).abs() < 1e-4, "{arch} on {on}: expected acceptance {a}, 1 − TV {}", 1.0 - tv);
+            }
+        }
+        let past_vocab = Example { tokens: vec![1, 2, 3], first: 2, targets: vec![SparseDistribution::one_hot(vocab + 5)] };
+        assert!(engine::align::expected_acceptance(host.as_ref(), &past_vocab).unwrap_err().to_string().contains("past the model"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,7 +16,7 @@ use crate::chat::stop_ids;
 use crate::config::{read_prompts, Prompt};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use engine::align::{distill_from_target, evaluate, DistillConfig, Example, Loss, TrainConfig, Trainer};
+use engine::align::{distill_from_target, evaluate, expected_acceptance, DistillConfig, Example, Loss, TrainConfig, Trainer};
 use engine::model::LoraSpec;
 use engine::tokenizer::{ChatMessage, Tokenizer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -189,7 +189,7 @@ pub struct HeldOutAcceptance {
 
 /// Each held-out sequence's mean 1 − TV under `model`.
 fn acceptance_per_sequence(model: &dyn engine::model::CausalLm, examples: &[(usize, Example)]) -> Result<Vec<f64>> {
-    examples.iter().map(|(_, e)| Ok(1.0 - evaluate(model, e, Loss::Tvd)?)).collect()
+    examples.iter().map(|(_, e)| Ok(expected_acceptance(model, e)?)).collect()
 }
 
 fn acceptance_by_file(files: &[PathBuf], held: &[(usize, Example)], before: &[f64], after: &[f64]) -> Vec<HeldOutAcceptance> {

@@ -16,4 +16,4 @@ pub mod train;
 
 pub use data::{distill_from_target, DistillConfig, Example};
 pub use loss::{Loss, SparseDistribution};
-pub use train::{evaluate, StepReport, TrainConfig, Trainer};
+pub use train::{evaluate, expected_acceptance, StepReport, TrainConfig, Trainer};

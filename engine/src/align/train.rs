@@ -4,7 +4,7 @@
 //! copies of A and B, which are then put back as new leaves.
 
 use super::data::Example;
-use super::loss::{distillation_loss, Loss};
+use super::loss::{distillation_loss, reference_loss, Loss};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, LogitRows, LoraTraining};
 use burn::tensor::Tensor;
@@ -126,8 +126,23 @@ pub fn evaluate(model: &dyn CausalLm, example: &Example, loss: Loss) -> Result<f
     Ok(scalar(example_loss(model, example, loss)?))
 }
 
-/// The example's mean loss as a one-element tensor in the model's graph.
-pub fn example_loss(model: &dyn CausalLm, example: &Example, loss: Loss) -> Result<Tensor<1>> {
+/// The mean over `example`'s trained positions of 1 − TV(target, draft) — the probability that
+/// speculative sampling at T = 1 accepts the draft's token there — over the loss's buckets, from
+/// the model's host logits: any model, on host kernels (as inference runs it) or a Burn device.
+pub fn expected_acceptance(model: &dyn CausalLm, example: &Example) -> Result<f64> {
+    let n = check(example)?;
+    let mut cache = model.new_cache(n)?;
+    let logits = model.forward(&example.tokens[..n - 1], &mut cache, LogitRows::All)?;
+    let vocab = logits.row(0).len();
+    if let Some(id) = example.targets.iter().flat_map(|t| t.ids.iter()).find(|&&id| id as usize >= vocab) {
+        return Err(Error::InvalidArgument(format!("a target distribution lists token {id}, past the model's {vocab} logits")));
+    }
+    let total: f64 = (example.first - 1..n - 1).zip(&example.targets).map(|(row, t)| 1.0 - reference_loss(logits.row(row), t, Loss::Tvd)).sum();
+    Ok(total / example.targets.len() as f64)
+}
+
+/// The example's length, once its trained positions and targets are known to agree.
+fn check(example: &Example) -> Result<usize> {
     let n = example.tokens.len();
     if example.first == 0 || example.first >= n || example.targets.len() != n - example.first {
         return Err(Error::InvalidArgument(format!(
@@ -136,6 +151,12 @@ pub fn example_loss(model: &dyn CausalLm, example: &Example, loss: Loss) -> Resu
             example.targets.len()
         )));
     }
+    Ok(n)
+}
+
+/// The example's mean loss as a one-element tensor in the model's graph.
+pub fn example_loss(model: &dyn CausalLm, example: &Example, loss: Loss) -> Result<Tensor<1>> {
+    let n = check(example)?;
     let mut cache = model.new_cache(n)?;
     let logits = model.forward_tensor(&example.tokens[..n - 1], &mut cache, LogitRows::All)?;
     let vocab = logits.dims()[1];
