@@ -245,6 +245,15 @@ fn make_data(args: &AlignArgs, prompts: &[(usize, Prompt)], target: &engine::Loa
     Ok(examples)
 }
 
+/// Loads the target once and makes the data of each prompt list from it (same seeds whichever
+/// command asks); also whether target and draft share a vocabulary (distributions) or not (labels).
+fn target_data(args: &AlignArgs, device: &burn::tensor::Device, draft_tok: &Tokenizer, lists: &[(&[(usize, Prompt)], &str)]) -> Result<(Vec<Vec<(usize, Example)>>, bool)> {
+    let target = engine::load_model(&args.target, device).with_context(|| format!("loading target `{}`", args.target))?;
+    let same_vocab = target.tokenizer.vocab_fingerprint() == draft_tok.vocab_fingerprint();
+    let data = lists.iter().map(|(prompts, what)| make_data(args, prompts, &target, draft_tok, same_vocab, what)).collect::<Result<_>>()?;
+    Ok((data, same_vocab))
+}
+
 fn mean_loss(model: &dyn engine::model::CausalLm, examples: &[(usize, Example)], loss: Loss) -> Result<(f64, f64)> {
     let start = Instant::now();
     let (mut sum, mut positions, mut tokens) = (0.0, 0usize, 0usize);
@@ -280,11 +289,8 @@ fn evaluate_adapter(args: &AlignArgs, adapter_dir: &Path, device: &burn::tensor:
     ensure!(!held_prompts.is_empty(), "no held-out prompts");
     let draft_files = engine::source::resolve(&args.draft).with_context(|| format!("resolving draft `{}`", args.draft))?;
     let draft_tok = Tokenizer::from_model_files(&draft_files)?;
-    let (held, same_vocab) = {
-        let target = engine::load_model(&args.target, device).with_context(|| format!("loading target `{}`", args.target))?;
-        let same_vocab = target.tokenizer.vocab_fingerprint() == draft_tok.vocab_fingerprint();
-        (make_data(args, &held_prompts, &target, &draft_tok, same_vocab, "held-out")?, same_vocab)
-    };
+    let (mut data, same_vocab) = target_data(args, device, &draft_tok, &[(&held_prompts, "held-out")])?;
+    let held = data.remove(0);
     let before = {
         let plain = engine::load_files(draft_files.clone(), device).with_context(|| format!("loading draft `{}`", args.draft))?;
         acceptance_per_sequence(plain.model.as_ref(), &held)?
@@ -306,8 +312,7 @@ fn evaluate_adapter(args: &AlignArgs, adapter_dir: &Path, device: &burn::tensor:
         println!("{}: expected acceptance {} → {} ({} paired, {} sequences)", a.file, a.before.show(3), a.after.show(3), a.change.show_signed(3), a.sequences);
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let path = args.out.join("evaluation.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", path.display()))
+    write_json(&args.out.join("evaluation.json"), &report)
 }
 
 pub fn run(args: &AlignArgs) -> Result<()> {
@@ -331,13 +336,9 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     let data_start = Instant::now();
     let draft_files = engine::source::resolve(&args.draft).with_context(|| format!("resolving draft `{}`", args.draft))?;
     let draft_tok = Tokenizer::from_model_files(&draft_files)?;
-    let (train, held, same_vocab) = {
-        let target = engine::load_model(&args.target, &device).with_context(|| format!("loading target `{}`", args.target))?;
-        let same_vocab = target.tokenizer.vocab_fingerprint() == draft_tok.vocab_fingerprint();
-        let train: Vec<Example> = make_data(args, &train_prompts, &target, &draft_tok, same_vocab, "training")?.into_iter().map(|(_, e)| e).collect();
-        let held = make_data(args, &held_prompts, &target, &draft_tok, same_vocab, "held-out")?;
-        (train, held, same_vocab)
-    };
+    let (mut data, same_vocab) = target_data(args, &device, &draft_tok, &[(&train_prompts, "training"), (&held_prompts, "held-out")])?;
+    let held = data.pop().expect("two lists");
+    let train: Vec<Example> = data.pop().expect("two lists").into_iter().map(|(_, e)| e).collect();
     let data_seconds = data_start.elapsed().as_secs_f64();
     ensure!(!train.is_empty(), "the target produced no training data");
     let positions: usize = train.iter().map(Example::trained).sum();
@@ -426,7 +427,7 @@ pub fn run(args: &AlignArgs) -> Result<()> {
         cpu: engine::cpu::features::cpu_model(),
         threads,
     };
-    write_report(&args.out, &report)?;
+    write_json(&args.out.join("training.json"), &report)?;
     eprintln!(
         "{} steps in {train_seconds:.0} s ({:.0} tok/s training{}); held-out loss {} → {}; adapter in {}",
         report.steps,
@@ -439,7 +440,6 @@ pub fn run(args: &AlignArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_report(dir: &Path, report: &AlignReport) -> Result<()> {
-    let path = dir.join("training.json");
-    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n").with_context(|| format!("writing {}", path.display()))
+fn write_json(path: &Path, report: &impl Serialize) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)? + "\n").with_context(|| format!("writing {}", path.display()))
 }
