@@ -31,6 +31,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gpu;
 pub mod grammar;
 pub mod inspect;
 pub mod model;

@@ -111,3 +111,138 @@ fn smollm2_decodes_on_wgpu_like_the_exact_cpu_kernels() {
     eprintln!("SmolLM2 last-position logits: max |Δ| {worst:.2e} between wgpu and the exact CPU kernels");
     assert!(worst < 1e-3, "logits differ by {worst}");
 }
+
+// ---- Weights in their GGML blocks on the device (engine::gpu) ----
+
+use engine::cpu::{KernelMode, QuantMatrix};
+use engine::gguf::{GgmlType, TensorBytes};
+use engine::gpu::{BlockFormat, BlockMatrix};
+use rand::{Rng, SeedableRng};
+
+const BLOCK_TYPES: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::F16,
+    GgmlType::BF16,
+];
+
+/// Random blocks of `ty` for an [out, inp] matrix: random bytes, with every f16 scale (and every
+/// F16/BF16 value) set to a random finite number — random bits could be infinities or NaNs.
+fn random_blocks(ty: GgmlType, out: usize, inp: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..ty.bytes_for(out * inp)).map(|_| rng.random()).collect();
+    let halves: &[usize] = match ty {
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q6K => &[208],
+        _ => &[0],
+    };
+    for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+        for &at in halves {
+            let bits = match ty {
+                GgmlType::BF16 => half::bf16::from_f32(rng.random_range(-1.0..1.0)).to_bits(),
+                // Small scales, and now and then a subnormal one (the kernels convert those too).
+                _ if rng.random_range(0..50) == 0 => rng.random_range(1..0x400u16),
+                _ => half::f16::from_f32(rng.random_range(-0.05..0.05)).to_bits(),
+            };
+            block[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+fn host_matrix(ty: GgmlType, bytes: Vec<u8>, out: usize, inp: usize) -> QuantMatrix {
+    QuantMatrix::new(ty, TensorBytes::Owned(bytes.into()), out, inp).unwrap()
+}
+
+fn on_device(w: &QuantMatrix, gpu: &Device) -> BlockMatrix {
+    BlockMatrix::new(BlockFormat::of(w.ggml_type()).unwrap(), w.blocks(), w.out(), w.inp(), gpu).unwrap()
+}
+
+fn to_host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Each product y[r, o] of the device against the host's exact kernel, within f32 rounding of the
+/// sum's magnitude Σ|w||x| (the two sum in different orders).
+fn assert_products_match(what: &str, w: &QuantMatrix, device_w: &BlockMatrix, rows: usize, rng: &mut impl Rng, gpu: &Device) {
+    let (out, inp) = (w.out(), w.inp());
+    let x: Vec<f32> = (0..rows * inp).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let want = w.matmul_t_with(KernelMode::Exact, &x, rows);
+    let dense = w.to_f32();
+    let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, inp]), gpu);
+    let got = to_host(device_w.matmul_t(xt));
+    assert_eq!(got.len(), rows * out, "{what}: shape");
+    for r in 0..rows {
+        for o in 0..out {
+            let magnitude: f32 = (0..inp).map(|i| (dense[o * inp + i] * x[r * inp + i]).abs()).sum();
+            let (a, b) = (got[r * out + o], want[r * out + o]);
+            assert!((a - b).abs() <= 1e-5 * magnitude + 1e-30, "{what}, {rows} rows: y[{r}, {o}] = {a} on the device, {b} on the host (Σ|wx| {magnitude})");
+        }
+    }
+}
+
+#[test]
+fn block_kernels_match_the_exact_cpu_kernels_for_every_format() {
+    let Some(gpu) = device() else { return };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+    let (out, inp) = (67, 512);
+    for &ty in BLOCK_TYPES {
+        let w = host_matrix(ty, random_blocks(ty, out, inp, &mut rng), out, inp);
+        let device_w = on_device(&w, &gpu);
+        assert!(device_w.size_bytes() as f64 <= 1.12 * w.size_bytes() as f64, "{}: {} device bytes for {}", ty.name(), device_w.size_bytes(), w.size_bytes());
+        // Lookups: every row, dequantized in the kernel, against the host's dequantization.
+        let ids: Vec<u32> = (0..out as u32).rev().collect();
+        let rows = to_host(device_w.gather_rows(&ids));
+        let want = w.gather_rows(&ids);
+        for (i, (a, b)) in rows.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 4.0 * f32::EPSILON * b.abs().max(1e-6), "{}: value {i} dequantized to {a} on the device, {b} on the host", ty.name());
+        }
+        // Products: decode (1 row), verification (4, 5, 16 rows: the matrix-vector kernel's
+        // row tiles, full and partial) and prefill (17, 40 rows: dequantized tiles × matmul).
+        for rows in [1, 4, 5, 16, 17, 40] {
+            assert_products_match(ty.name(), &w, &device_w, rows, &mut rng, &gpu);
+        }
+        // A subset of the rows (a truncated output layer) multiplies like those rows.
+        let subset = [out as u32 - 1, 0, 3, 3];
+        let host_subset = w.select_rows(&subset).unwrap();
+        assert_products_match(&format!("{} rows {subset:?}", ty.name()), &host_subset, &device_w.select_rows(&subset).unwrap(), 2, &mut rng, &gpu);
+        assert!(device_w.select_rows(&[out as u32]).is_err());
+    }
+}
+
+#[test]
+fn block_kernels_dequantize_real_blocks_like_the_gguf_package() {
+    let Some(gpu) = device() else { return };
+    let dir = fixtures().join("dequant");
+    for name in ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"] {
+        let meta = read_json(&dir.join(format!("{name}.json")));
+        let raw = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        let ty = GgmlType::from_id(meta["ggml_type_id"].as_u64().unwrap() as u32).unwrap();
+        let want: Vec<f32> = meta["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let (out, inp) = (want.len() / 256, 256);
+        let w = host_matrix(ty, raw, out, inp);
+        let got = to_host(on_device(&w, &gpu).gather_rows(&(0..out as u32).collect::<Vec<_>>()));
+        let worst = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{name} ({}): {} real values dequantized on the device, max |Δ| {worst:.1e} vs gguf", meta["source"], want.len());
+        assert!(worst <= 4.0 * f32::EPSILON * scale, "{name}: the device's values differ from gguf's by {worst}");
+    }
+}
+
+#[test]
+fn wide_matrices_spread_their_rows_over_two_dispatch_dimensions() {
+    // 40000 output rows: more cubes than one dispatch dimension holds (65535 is the limit; the
+    // kernel folds rows over x and y past 32768).
+    let Some(gpu) = device() else { return };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let (out, inp) = (40_000, 32);
+    let w = host_matrix(GgmlType::Q8_0, random_blocks(GgmlType::Q8_0, out, inp, &mut rng), out, inp);
+    let device_w = on_device(&w, &gpu);
+    assert_products_match("Q8_0 [40000, 32]", &w, &device_w, 1, &mut rng, &gpu);
+}

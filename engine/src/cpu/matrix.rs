@@ -174,6 +174,11 @@ impl QuantMatrix {
         self.inp
     }
 
+    /// The GGML blocks, row after row (uploads to a device that reads them in place).
+    pub fn blocks(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Bytes the weights occupy in their GGML blocks.
     pub fn size_bytes(&self) -> usize {
         self.bytes.len()

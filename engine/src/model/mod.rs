@@ -276,9 +276,12 @@ pub(crate) fn check_layer_count(n_layers: usize, path: &std::path::Path) -> Resu
 
 /// A weight matrix [out, in] (GGUF/PyTorch layout). On CPU devices it lives in host memory and is
 /// multiplied by the batch-invariant kernels of [`crate::cpu`] — in its GGUF quantization when it
-/// has one ([`QuantMatrix`]); elsewhere it is a Burn tensor.
+/// has one ([`QuantMatrix`]); on burn-wgpu a quantized matrix stays in its blocks on the device
+/// ([`crate::gpu::BlockMatrix`]); elsewhere it is an f32 Burn tensor.
 enum Matrix {
     Device(Tensor<2>),
+    #[cfg(feature = "wgpu")]
+    Blocks(crate::gpu::BlockMatrix),
     Host { data: Vec<f32>, out: usize, inp: usize },
     Quant { w: QuantMatrix },
 }
@@ -298,6 +301,26 @@ fn uses_host_kernels(device: &Device) -> bool {
     // Burn 0.22 exposes the backend only through the dispatch enum's Debug form.
     let name = format!("{device:?}");
     name.starts_with("Device<Flex") || name.starts_with("Device<NdArray")
+}
+
+/// Whether the device runs the block kernels of [`crate::gpu`] (CubeCL devices: burn-wgpu).
+#[cfg(feature = "wgpu")]
+fn runs_block_kernels(device: &Device) -> bool {
+    format!("{device:?}").starts_with("Device<Cube")
+}
+
+/// The matrix kept in its GGML blocks on a device that multiplies them in place, when it is one
+/// and the format has a kernel; else the matrix back, to be expanded to f32.
+#[cfg(feature = "wgpu")]
+fn on_block_device(w: QuantMatrix, device: &Device) -> std::result::Result<Matrix, QuantMatrix> {
+    let Some(format) = crate::gpu::BlockFormat::of(w.ggml_type()) else { return Err(w) };
+    if !runs_block_kernels(device) || format.check_width(w.inp()).is_err() {
+        return Err(w);
+    }
+    match crate::gpu::BlockMatrix::new(format, w.blocks(), w.out(), w.inp(), device) {
+        Ok(m) => Ok(Matrix::Blocks(m)),
+        Err(_) => Err(w),
+    }
 }
 
 thread_local! {
@@ -322,6 +345,12 @@ impl Matrix {
             (data, false) => {
                 let values = match data {
                     MatrixData::F32(values) => values,
+                    #[cfg(feature = "wgpu")]
+                    MatrixData::Packed(w) => match on_block_device(w, device) {
+                        Ok(m) => return m,
+                        Err(w) => w.to_f32(),
+                    },
+                    #[cfg(not(feature = "wgpu"))]
                     MatrixData::Packed(w) => w.to_f32(),
                 };
                 Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), device))
@@ -340,6 +369,8 @@ impl Matrix {
     fn matmul_t(&self, x: &Act) -> Act {
         match (self, x) {
             (Matrix::Device(w), Act::Device(x)) => Act::Device(x.clone().matmul(w.clone().transpose())),
+            #[cfg(feature = "wgpu")]
+            (Matrix::Blocks(w), Act::Device(x)) => Act::Device(w.matmul_t(x.clone())),
             (Matrix::Host { data, out, inp, .. }, Act::Host { data: xs, .. }) => {
                 Act::host(dense::matmul_wt(xs, data, xs.len() / inp, *inp, *out), *out)
             }
@@ -352,6 +383,8 @@ impl Matrix {
     fn select_rows(&self, ids: &[u32]) -> Result<Matrix> {
         Ok(match self {
             Matrix::Device(w) => Matrix::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
+            #[cfg(feature = "wgpu")]
+            Matrix::Blocks(w) => Matrix::Blocks(w.select_rows(ids).map_err(Error::InvalidArgument)?),
             Matrix::Host { data, inp, .. } => Matrix::Host { data: host_rows(data, *inp, ids), out: ids.len(), inp: *inp },
             Matrix::Quant { w } => {
                 let w = w.select_rows(ids).map_err(Error::InvalidArgument)?;
@@ -365,6 +398,8 @@ impl Matrix {
     fn gather_rows(&self, ids: &[u32]) -> Act {
         match self {
             Matrix::Device(w) => Act::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
+            #[cfg(feature = "wgpu")]
+            Matrix::Blocks(w) => Act::Device(w.gather_rows(ids)),
             Matrix::Host { data, inp, .. } => Act::host(host_rows(data, *inp, ids), *inp),
             Matrix::Quant { w, .. } => Act::host(w.gather_rows(ids), w.inp()),
         }
