@@ -15,9 +15,25 @@ use engine::gguf::Gguf;
 use engine::model::{load_gguf, CausalLm, LogitRows};
 use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
 
+/// The wgpu device, held by one test at a time: the tests measure device memory, which a test
+/// running beside them would change (and on lavapipe the device is the same two cores anyway).
+struct Gpu {
+    device: Device,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Gpu {
+    type Target = Device;
+    fn deref(&self) -> &Device {
+        &self.device
+    }
+}
+
 /// The wgpu device, after checking that it computes.
-fn device() -> Option<Device> {
+fn device() -> Option<Gpu> {
     static DEVICE: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let requested = std::env::var("SPECDEC_WGPU").is_ok_and(|v| v == "1");
     let probe = DEVICE.get_or_init(|| {
         let device = Device::wgpu_options().init().map_err(|e| e.to_string())?;
@@ -27,7 +43,7 @@ fn device() -> Option<Device> {
         Ok(device)
     });
     match probe {
-        Ok(device) => Some(device.clone()),
+        Ok(device) => Some(Gpu { device: device.clone(), _serial: serial }),
         Err(e) if requested => panic!("SPECDEC_WGPU=1 but no wgpu adapter works here ({e}); install a Vulkan driver, e.g. Debian's mesa-vulkan-drivers"),
         Err(e) => {
             common::report_skip(&format!("no wgpu adapter on this machine ({e}); set SPECDEC_WGPU=1 to make that a failure"));
@@ -245,4 +261,77 @@ fn wide_matrices_spread_their_rows_over_two_dispatch_dimensions() {
     let w = host_matrix(GgmlType::Q8_0, random_blocks(GgmlType::Q8_0, out, inp, &mut rng), out, inp);
     let device_w = on_device(&w, &gpu);
     assert_products_match("Q8_0 [40000, 32]", &w, &device_w, 1, &mut rng, &gpu);
+}
+
+#[test]
+fn matrices_split_into_row_chunks_multiply_and_look_up_like_whole_ones() {
+    // Output layers above 128 MiB are split into buffers by rows; here chunks of 7 rows (1 KiB)
+    // of a Q4_K matrix, with lookups and subsets whose ids cross chunks out of order.
+    let Some(gpu) = device() else { return };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let (out, inp) = (45, 256);
+    let w = host_matrix(GgmlType::Q4K, random_blocks(GgmlType::Q4K, out, inp, &mut rng), out, inp);
+    let chunked = BlockMatrix::with_chunk_bytes(BlockFormat::Q4K, w.blocks(), out, inp, 1024, &gpu).unwrap();
+    for rows in [1, 5, 17] {
+        assert_products_match("Q4_K in chunks of 7 rows", &w, &chunked, rows, &mut rng, &gpu);
+    }
+    let ids = [44u32, 0, 13, 7, 6, 44, 21];
+    assert_eq!(to_host(chunked.gather_rows(&ids)), w.gather_rows(&ids), "lookups across chunks");
+    let subset = chunked.select_rows(&ids).unwrap();
+    assert_products_match("a subset across chunks", &w.select_rows(&ids).unwrap(), &subset, 3, &mut rng, &gpu);
+}
+
+/// Device bytes a model loaded from `path` holds (its weights), measured by the allocator.
+fn device_weight_bytes(path: &std::path::Path, gpu: &Device) -> (u64, engine::LoadedModel) {
+    let before = gpu.memory_pool_usage().expect("the wgpu device reports its memory").bytes_in_use;
+    let loaded = engine::load_files(engine::source::ModelFiles::Gguf(path.to_path_buf()), gpu).unwrap();
+    let after = gpu.memory_pool_usage().unwrap().bytes_in_use;
+    (after.saturating_sub(before), loaded)
+}
+
+#[test]
+fn real_models_take_their_file_size_in_device_memory_not_four_bytes_a_weight() {
+    let Some(gpu) = device() else { return };
+    for name in ["smollm2-135m", "qwen2.5-coder-0.5b"] {
+        let Some(path) = real_model(name) else { return };
+        let file = std::fs::metadata(&path).unwrap().len();
+        let (bytes, loaded) = device_weight_bytes(&path, &gpu);
+        let ratio = bytes as f64 / file as f64;
+        eprintln!("{name}: {:.0} MB of weights on the device for a {:.0} MB file ({ratio:.3}×)", bytes as f64 / 1e6, file as f64 / 1e6);
+        assert!(ratio <= 1.2, "{name}: the weights take {ratio:.2}× the file on the device");
+        // …and the model computes from them (a forward pass of two tokens).
+        let mut cache = loaded.model.new_cache(8).unwrap();
+        let logits = loaded.model.forward(&[1, 2], &mut cache, LogitRows::Last).unwrap();
+        assert!(logits.last().iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+    }
+}
+
+#[test]
+fn smollm2_prefill_tiles_and_speculation_on_device_blocks() {
+    let Some(gpu) = device() else { return };
+    let Some(path) = real_model("smollm2-135m") else { return };
+    let on_gpu = engine::load_files(engine::source::ModelFiles::Gguf(path.clone()), &gpu).unwrap();
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || {
+        engine::load_files(engine::source::ModelFiles::Gguf(path), &Device::flex()).unwrap()
+    });
+    // 40 tokens in one forward: past the matrix-vector kernel's 16 rows, so every product runs on
+    // dequantized row tiles (the 49152-row output layer in two of them) and Burn's matmul.
+    let text = "Speculative decoding lets a small draft model propose tokens that a larger target model verifies in one pass, so the output is exactly the target's.";
+    let prompt = on_gpu.tokenizer.encode(text, true).unwrap();
+    assert!(prompt.len() > 16, "{} tokens", prompt.len());
+    let a = all_logits(on_gpu.model.as_ref(), &prompt);
+    let b = all_logits(cpu.model.as_ref(), &prompt);
+    let worst = a.iter().zip(&b).map(|(x, y)| max_abs_diff(x, y)).fold(0f32, f32::max);
+    eprintln!("SmolLM2, {} prompt positions at once: max |Δlogit| {worst:.2e} between wgpu and the exact CPU kernels", prompt.len());
+    assert!(worst < 1e-3, "prefill logits differ by {worst}");
+    // Greedy speculation on the device, drafted by the target's first 20 of 30 layers, equals
+    // greedy target-only decoding on the device.
+    let draft = engine::model::LayerSkip::new(on_gpu.model.as_ref(), 20).unwrap();
+    let gen = GenerationConfig { max_new_tokens: 10, stop_at_eos: false, ..Default::default() };
+    let want = generate(on_gpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    let mut proposer = DraftModel::new(&draft, prompt.len() + gen.max_new_tokens).unwrap();
+    let out = generate_speculative(on_gpu.model.as_ref(), &mut proposer, &prompt, &[], &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
+    assert_eq!(out.generation.tokens, want, "greedy speculative decoding on the device differs from target-only");
+    eprintln!("SmolLM2 on wgpu, k = 4, layer-skip draft: accepted {} of {} drafted", out.metrics.accepted, out.metrics.drafted);
+    assert!(out.metrics.drafted > 0);
 }

@@ -47,15 +47,68 @@ impl Backend {
     }
 }
 
-/// The wgpu device (initialised once per process: Burn's runtime cannot be set up twice), or why
-/// there is none.
+/// The graphics adapter a wgpu device runs on, as its driver names it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GpuAdapter {
+    pub name: String,
+    pub driver: String,
+    pub driver_info: String,
+    /// Vulkan, Metal, Dx12, Gl.
+    pub api: String,
+    /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu (a software rasterizer: lavapipe, llvmpipe,
+    /// WARP, SwiftShader) or Other.
+    pub device_type: String,
+    /// True for a software adapter: its figures measure this CPU, not a GPU.
+    pub software: bool,
+}
+
+#[cfg(feature = "wgpu")]
+static WGPU: std::sync::OnceLock<std::result::Result<(Device, GpuAdapter), String>> = std::sync::OnceLock::new();
+
+/// The wgpu device and its adapter (initialised once per process: Burn's runtime cannot be set
+/// up twice), or why there is none.
+#[cfg(feature = "wgpu")]
+fn wgpu_init() -> Result<(Device, GpuAdapter)> {
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        let info = setup.adapter.get_info();
+        let device_type = format!("{:?}", info.device_type);
+        let adapter = GpuAdapter {
+            name: info.name,
+            driver: info.driver,
+            driver_info: info.driver_info,
+            api: format!("{:?}", info.backend),
+            software: device_type == "Cpu",
+            device_type,
+        };
+        Ok((device, adapter))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!("no usable wgpu adapter ({e}): install a GPU driver with Vulkan, Metal or DX12 (on Linux without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"))
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu_device() -> Result<Device> {
-    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> = std::sync::OnceLock::new();
-    DEVICE
-        .get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string()))
-        .clone()
-        .map_err(|e| anyhow::anyhow!("no usable wgpu adapter ({e}): install a GPU driver with Vulkan, Metal or DX12 (on Linux without a GPU, Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"))
+    wgpu_init().map(|(device, _)| device)
+}
+
+/// The adapter behind `--backend wgpu` (initialising it), or why there is none.
+pub fn gpu_adapter() -> Result<GpuAdapter> {
+    #[cfg(feature = "wgpu")]
+    return wgpu_init().map(|(_, adapter)| adapter);
+    #[cfg(not(feature = "wgpu"))]
+    bail!("this specdec was built without the `wgpu` backend: rebuild with `--features wgpu`")
+}
+
+/// Bytes the device's allocator holds for live tensors, on devices that report it (Burn's CubeCL
+/// devices; not the host backends, whose memory is the process's RSS).
+pub fn device_bytes_in_use(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_in_use)
+}
+
+/// Bytes the device's allocator has reserved (live tensors plus pages kept for reuse).
+pub fn device_bytes_reserved(device: &Device) -> Option<u64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved)
 }
 
 /// Sizes the global rayon pool the CPU backends compute on; returns the thread count in use.

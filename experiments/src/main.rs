@@ -59,6 +59,13 @@ enum Command {
     /// Certify losslessness for a pair and setting: N speculative and N target-only continuations,
     /// compared with a χ² homogeneity test and their total-variation distance.
     Certify(CertifyArgs),
+    /// Describe the graphics adapter `--backend wgpu` runs on (name, driver, API, type) as JSON;
+    /// with --require-hardware, exit 1 when it is a software rasterizer (lavapipe, llvmpipe,
+    /// WARP) or there is none, so that scripts never report CPU figures as GPU figures.
+    Gpu {
+        #[arg(long)]
+        require_hardware: bool,
+    },
     /// Measure prefill and decode speed, the verification cost curve, load time and peak memory;
     /// with --quality, a quality-gated benchmark on a prompt set.
     Bench(BenchArgs),
@@ -292,6 +299,7 @@ fn main() {
         Command::Models { verify: true } => cmd_verify_models(),
         Command::Certify(args) => cmd_certify(args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Gpu { require_hardware } => cmd_gpu(require_hardware),
         Command::Chat(args) => cmd_chat(args),
         Command::Run(args) => cmd_run(args),
         Command::VocabFreq(args) => vocab_freq::run(&args),
@@ -521,6 +529,15 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_gpu(require_hardware: bool) -> Result<()> {
+    let adapter = backend::gpu_adapter()?;
+    println!("{}", serde_json::to_string_pretty(&adapter)?);
+    if require_hardware && adapter.software {
+        anyhow::bail!("the only wgpu adapter here is software ({}, {}): its figures would measure the CPU", adapter.name, adapter.driver);
+    }
+    Ok(())
+}
+
 fn cmd_bench(args: BenchArgs) -> Result<()> {
     let threads = args.runtime.init()?;
     let device = args.runtime.backend.device()?;
@@ -539,8 +556,13 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     }
     let files = engine::source::resolve(&args.model)?;
     let start = Instant::now();
+    let before_load = backend::device_bytes_in_use(&device);
     let loaded = engine::load_files(files.clone(), &device).with_context(|| format!("loading model `{}`", args.model))?;
     let load_s = start.elapsed().as_secs_f64();
+    // Device memory (accelerators only): what the loaded model holds — its weights, as blocks or
+    // f32 — and what the allocator has reserved once prefill, decode and verification have run
+    // (weights + KV cache + scratch).
+    let weights_on_device = backend::device_bytes_in_use(&device).zip(before_load).map(|(after, before)| after.saturating_sub(before));
     // A deterministic prompt of exactly --prompt-tokens tokens (ordinary text, repeated).
     let text = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. ".repeat(64);
     let mut prompt = loaded.tokenizer.encode(&text, false)?;
@@ -549,6 +571,11 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     }
     prompt.truncate(args.prompt_tokens);
     let report = bench::run(loaded.model.as_ref(), &prompt, args.gen_tokens, args.repeats)?;
+    let reserved_on_device = backend::device_bytes_reserved(&device);
+    let adapter = match args.runtime.backend {
+        backend::Backend::Wgpu => Some(backend::gpu_adapter()?),
+        _ => None,
+    };
     // Read before the roofline's buffer is allocated.
     let peak_rss = backend::peak_rss_bytes();
     let roofs = roofline::measure(threads);
@@ -581,6 +608,12 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "verify_cost": report.verify_cost.iter().map(|(n, c)| (n.to_string(), serde_json::json!(c))).collect::<serde_json::Map<_, _>>(),
         "peak_rss_bytes": peak_rss,
         "file_bytes": loaded.file_bytes,
+        "gpu_adapter": adapter,
+        "device_memory": weights_on_device.map(|w| serde_json::json!({
+            "weights_bytes": w,
+            "weights_of_file": w as f64 / loaded.file_bytes as f64,
+            "reserved_after_run_bytes": reserved_on_device,
+        })),
         "cpu": engine::cpu::features::cpu_model(),
         "cpu_features": engine::cpu::features::cpu_features(),
         "isa": engine::cpu::Isa::active().name(),
@@ -624,6 +657,17 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
             json["cpu"].as_str().unwrap_or("?")
         );
         println!("load        {load_s:.2} s, peak RSS {:.0} MB (file {:.0} MB)", json["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1e6, loaded.file_bytes as f64 / 1e6);
+        if let Some(a) = &adapter {
+            println!("adapter     {} ({}, {}, driver {} {}){}", a.name, a.device_type, a.api, a.driver, a.driver_info, if a.software { " — software: these figures measure the CPU" } else { "" });
+        }
+        if let Some(w) = weights_on_device {
+            println!(
+                "device      weights {:.0} MB ({:.2}× the file), {:.0} MB reserved after the run",
+                w as f64 / 1e6,
+                w as f64 / loaded.file_bytes as f64,
+                reserved_on_device.unwrap_or(0) as f64 / 1e6
+            );
+        }
         println!("prefill     {:.1} tok/s (median of {}, range {}) for {} tokens", report.prefill_tok_s, args.repeats, spread(&report.prefill_tok_s_runs), args.prompt_tokens);
         println!("decode      {:.1} tok/s (median of {}, range {}) for {} tokens", report.decode_tok_s, args.repeats, spread(&report.decode_tok_s_runs), args.gen_tokens);
         let curve: Vec<String> = report.verify_cost.iter().map(|(n, c)| format!("{n}: {c:.2}")).collect();

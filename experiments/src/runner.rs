@@ -93,6 +93,12 @@ pub struct ModelManifest {
     pub kernels: String,
     pub architecture: String,
     pub files: Vec<FileHash>,
+    /// The graphics adapter, for models on `wgpu` (its name, driver, and whether it is software).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_adapter: Option<crate::backend::GpuAdapter>,
+    /// Bytes the model's weights take in device memory (accelerators that report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_weight_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -405,9 +411,15 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             Some(dir) => Some(engine::model::LoraAdapter::open(dir).with_context(|| format!("model `{name}`: adapter {}", dir.display()))?),
             None => None,
         };
+        let before_load = crate::backend::device_bytes_in_use(&device);
         let loaded = pool
             .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model_adapted(&entry.source, adapter.as_ref(), &device)))
             .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
+        let device_weight_bytes = crate::backend::device_bytes_in_use(&device).zip(before_load).map(|(after, before)| after.saturating_sub(before));
+        let gpu_adapter = match backend {
+            crate::backend::Backend::Wgpu => Some(crate::backend::gpu_adapter()?),
+            _ => None,
+        };
         // The model's files and its adapter's, hashed once per run (a resumed run keeps its manifest).
         let files = match (&previous, &entry.adapter) {
             (Some(_), _) => vec![],
@@ -423,6 +435,8 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
                 kernels: format!("{kernels:?}").to_lowercase(),
                 architecture: loaded.model.config().name.clone(),
                 files,
+                gpu_adapter,
+                device_weight_bytes,
             },
         );
         models.insert(name.to_string(), Loaded { model: Pooled { model: loaded.model, pool }, tokenizer: loaded.tokenizer });

@@ -13,11 +13,16 @@ const MATVEC_ROWS: usize = 16;
 /// whatever the matrix (the 151936-row output layer of Qwen2.5 takes ~15 tiles).
 const TILE_VALUES: usize = 16 << 20;
 
-/// W [out, inp] as packed GGML blocks on a Burn device (burn-wgpu).
+/// Bytes of blocks per device buffer: 128 MiB, WebGPU's guaranteed storage-binding size (and
+/// lavapipe's); larger matrices — output layers of 150k-token vocabularies — are split by rows.
+const CHUNK_BYTES: usize = 128 << 20;
+
+/// W [out, inp] as packed GGML blocks on a Burn device (burn-wgpu), in row chunks.
 #[derive(Clone, Debug)]
 pub struct BlockMatrix {
-    /// [out, row words], u32.
-    words: Tensor<2, Int>,
+    /// [rows, row words] u32 each, consecutive rows of W; all but the last have `chunk_rows` rows.
+    chunks: Vec<Tensor<2, Int>>,
+    chunk_rows: usize,
     format: BlockFormat,
     out: usize,
     inp: usize,
@@ -26,9 +31,20 @@ pub struct BlockMatrix {
 impl BlockMatrix {
     /// Uploads the GGML bytes of an [out, inp] matrix.
     pub fn new(format: BlockFormat, bytes: &[u8], out: usize, inp: usize, device: &Device) -> Result<Self, String> {
+        Self::with_chunk_bytes(format, bytes, out, inp, CHUNK_BYTES, device)
+    }
+
+    /// [`new`](Self::new) with buffers of at most `chunk_bytes` (at least one row each); tests use
+    /// small ones to exercise the chunked paths on small matrices.
+    pub fn with_chunk_bytes(format: BlockFormat, bytes: &[u8], out: usize, inp: usize, chunk_bytes: usize, device: &Device) -> Result<Self, String> {
         let words = pack_words(format, bytes, out, inp)?;
-        let data = TensorData::new(words, [out, format.row_words(inp)]);
-        Ok(BlockMatrix { words: Tensor::from_data(data, (device, DType::U32)), format, out, inp })
+        let row_words = format.row_words(inp);
+        let chunk_rows = (chunk_bytes / (4 * row_words)).max(1);
+        let chunks = words
+            .chunks(chunk_rows * row_words)
+            .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), [c.len() / row_words, row_words]), (device, DType::U32)))
+            .collect();
+        Ok(BlockMatrix { chunks, chunk_rows, format, out, inp })
     }
 
     pub fn format(&self) -> BlockFormat {
@@ -48,31 +64,71 @@ impl BlockMatrix {
         4 * self.out * self.format.row_words(self.inp)
     }
 
+    fn chunk_out(&self, c: usize) -> usize {
+        self.chunks[c].dims()[0]
+    }
+
     /// x·Wᵀ for x: [rows, inp] on the same device.
     pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
-        let rows = x.dims()[0];
-        if rows <= MATVEC_ROWS {
-            return ops::matvec(x, &self.words, self.format, self.out, self.inp);
-        }
-        let tile = (TILE_VALUES / self.inp).max(1);
-        let device = x.device();
-        let parts: Vec<Tensor<2>> = (0..self.out)
-            .step_by(tile)
-            .map(|first| {
-                let ids: Vec<u32> = (first..(first + tile).min(self.out)).map(|r| r as u32).collect();
-                let w = ops::rows(&self.words, ids_tensor(&ids, &device), self.format, self.inp);
-                x.clone().matmul(w.transpose())
-            })
-            .collect();
+        let parts: Vec<Tensor<2>> = (0..self.chunks.len()).flat_map(|c| self.chunk_matmul_t(c, &x)).collect();
         if parts.len() == 1 {
             return parts.into_iter().next().unwrap();
         }
         Tensor::cat(parts, 1)
     }
 
+    /// x·Wᵀ over the rows of chunk `c`, as column blocks of the result.
+    fn chunk_matmul_t(&self, c: usize, x: &Tensor<2>) -> Vec<Tensor<2>> {
+        let (w, out) = (&self.chunks[c], self.chunk_out(c));
+        if x.dims()[0] <= MATVEC_ROWS {
+            return vec![ops::matvec(x.clone(), w, self.format, out, self.inp)];
+        }
+        let tile = (TILE_VALUES / self.inp).max(1);
+        let device = x.device();
+        (0..out)
+            .step_by(tile)
+            .map(|first| {
+                let ids: Vec<u32> = (first..(first + tile).min(out)).map(|r| r as u32).collect();
+                let w = ops::rows(w, ids_tensor(&ids, &device), self.format, self.inp);
+                x.clone().matmul(w.transpose())
+            })
+            .collect()
+    }
+
+    /// `ids` (each below `out`) split by chunk: each chunk's local row ids, in chunk order, and
+    /// where each id's row lands in their concatenation (None when that is already the order).
+    fn by_chunk(&self, ids: &[u32]) -> (Vec<(usize, Vec<u32>)>, Option<Vec<u32>>) {
+        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut slots = vec![Vec::new(); self.chunks.len()];
+        for (i, &id) in ids.iter().enumerate() {
+            slots[id as usize / self.chunk_rows].push((i, id % self.chunk_rows as u32));
+        }
+        let mut position = vec![0u32; ids.len()];
+        let mut next = 0u32;
+        for (c, slot) in slots.into_iter().enumerate() {
+            if slot.is_empty() {
+                continue;
+            }
+            for &(i, _) in &slot {
+                position[i] = next;
+                next += 1;
+            }
+            groups.push((c, slot.into_iter().map(|(_, local)| local).collect()));
+        }
+        let in_order = position.iter().enumerate().all(|(i, &p)| p as usize == i);
+        (groups, (!in_order).then_some(position))
+    }
+
     /// Rows `ids` (each below `out`) as f32: [ids.len(), inp] (embedding lookup).
     pub fn gather_rows(&self, ids: &[u32]) -> Tensor<2> {
-        ops::rows(&self.words, ids_tensor(ids, &self.words.device()), self.format, self.inp)
+        let device = self.chunks[0].device();
+        let (groups, position) = self.by_chunk(ids);
+        let parts: Vec<Tensor<2>> = groups.iter().map(|(c, local)| ops::rows(&self.chunks[*c], ids_tensor(local, &device), self.format, self.inp)).collect();
+        let rows = if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) };
+        match position {
+            Some(p) => rows.select(0, ids_tensor(&p, &device)),
+            None => rows,
+        }
     }
 
     /// The rows `ids` as a matrix of their own (a truncated output layer).
@@ -80,8 +136,20 @@ impl BlockMatrix {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.out) {
             return Err(format!("row {bad} of a matrix of {} rows", self.out));
         }
-        let words = self.words.clone().select(0, ids_tensor(ids, &self.words.device()));
-        Ok(BlockMatrix { words, format: self.format, out: ids.len(), inp: self.inp })
+        let device = self.chunks[0].device();
+        let chunks = ids
+            .chunks(self.chunk_rows)
+            .map(|part| {
+                let (groups, position) = self.by_chunk(part);
+                let pieces: Vec<Tensor<2, Int>> = groups.iter().map(|(c, local)| self.chunks[*c].clone().select(0, ids_tensor(local, &device))).collect();
+                let rows = if pieces.len() == 1 { pieces.into_iter().next().unwrap() } else { Tensor::cat(pieces, 0) };
+                match position {
+                    Some(p) => rows.select(0, ids_tensor(&p, &device)),
+                    None => rows,
+                }
+            })
+            .collect();
+        Ok(BlockMatrix { chunks, chunk_rows: self.chunk_rows, format: self.format, out: ids.len(), inp: self.inp })
     }
 }
 
