@@ -617,3 +617,13 @@ fn align_trains_an_adapter_that_lowers_the_loss_and_drives_a_lossless_run() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("lm_head"), "{}", stderr(&o));
 }
+
+#[test]
+#[cfg(not(feature = "wgpu"))]
+fn gpu_without_the_wgpu_build_says_how_to_get_it() {
+    // The CPU build (this test binary's) has no wgpu: `specdec gpu` fails and names the feature,
+    // which is what scripts/gpu-check.sh relies on to never report figures without an adapter.
+    let o = specdec(&["gpu", "--require-hardware"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--features wgpu"), "{}", stderr(&o));
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One command for a machine with a real GPU: builds specdec with wgpu, runs the GPU test tier,
+# benchmarks the three short-name models on the device (prefill, decode, verification curve v(n),
+# device memory) and runs the quickstart experiment with the target on the GPU and the draft on
+# the GPU, then on the CPU. Everything lands in results/gpu/<date>-<adapter>/ with the adapter's
+# name and driver (adapter.json).
+#
+# It stops with exit 1 before measuring anything when the only adapter is a software rasterizer
+# (lavapipe, llvmpipe, WARP, SwiftShader) or there is none: its figures would be CPU figures.
+#
+#   bash scripts/gpu-check.sh
+#   GPU_BANDWIDTH_GBS=448 bash scripts/gpu-check.sh   # the adapter's memory bandwidth, if known:
+#                                                      # decode is then reported against it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo build --release -p specdec-experiments --features wgpu
+bin="$CARGO_TARGET_DIR/release/specdec"
+
+adapter_json=$("$bin" gpu --require-hardware) || {
+  echo "gpu-check: no hardware GPU adapter here (see above); nothing measured" >&2
+  exit 1
+}
+slug=$(printf '%s' "$adapter_json" | python3 -c 'import json,re,sys; a=json.load(sys.stdin); print(re.sub(r"[^A-Za-z0-9]+","-",a["name"]).strip("-").lower())')
+out="results/gpu/$(date +%Y%m%d-%H%M%S)-$slug"
+mkdir -p "$out"
+printf '%s\n' "$adapter_json" > "$out/adapter.json"
+{ uname -a; grep -m1 'model name' /proc/cpuinfo || true; git rev-parse HEAD; git status --porcelain | head -5; } > "$out/machine.txt"
+echo "gpu-check: adapter $(printf '%s' "$adapter_json" | python3 -c 'import json,sys; a=json.load(sys.stdin); print(a["name"], "/", a["driver"], a["driver_info"])'); writing $out"
+
+# The GPU test tier, on this adapter (a missing adapter fails rather than skips).
+SPECDEC_WGPU=1 cargo test --release --workspace --features specdec-experiments/wgpu --test wgpu 2>&1 | tee "$out/tests.log"
+
+# Bench: prefill, decode, v(n) and device memory per model.
+for model in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+  "$bin" bench --backend wgpu --model "$model" --prompt-tokens 128 --gen-tokens 64 --repeats 3 --json > "$out/bench-$model.json"
+done
+python3 - "$out" <<'PY' | tee "$out/bench.md"
+import json, os, sys
+out = sys.argv[1]
+bw = float(os.environ["GPU_BANDWIDTH_GBS"]) if os.environ.get("GPU_BANDWIDTH_GBS") else None
+print("| model | prefill tok/s | decode tok/s | file GB/s at decode | of bandwidth | v(5) | device weights / file |")
+print("|---|---|---|---|---|---|---|")
+for model in ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]:
+    j = json.load(open(f"{out}/bench-{model}.json"))
+    gbs = j["decode_tok_s"] * j["file_bytes"] / 1e9
+    v5 = j["verify_cost"].get("5")
+    mem = (j.get("device_memory") or {}).get("weights_of_file")
+    fmt = lambda x, f: "–" if x is None else format(x, f)
+    print(f"| {model} | {j['prefill_tok_s']:.1f} | {j['decode_tok_s']:.1f} | {gbs:.1f} | {fmt(gbs / bw if bw else None, '.0%')} | {fmt(v5, '.2f')} | {fmt(mem, '.2f')} |")
+PY
+
+# The quickstart: both models on the GPU, then the draft on the CPU and the target on the GPU.
+both="$out/quickstart-gpu.toml"
+split="$out/quickstart-draft-cpu.toml"
+sed 's/^kernels = "q8"$/kernels = "q8"\nbackend = "wgpu"/' experiments/configs/quickstart.toml > "$both"
+sed 's/^source = "qwen2.5-coder-0.5b"$/source = "qwen2.5-coder-0.5b"\nbackend = "flex"/' "$both" > "$split"
+"$bin" run "$both" --out "$out/runs"
+"$bin" run "$split" --out "$out/runs"
+echo "gpu-check: done; see $out"
