@@ -26,7 +26,7 @@ slug=$(printf '%s' "$adapter_json" | python3 -c 'import json,re,sys; a=json.load
 out="results/gpu/$(date +%Y%m%d-%H%M%S)-$slug"
 mkdir -p "$out"
 printf '%s\n' "$adapter_json" > "$out/adapter.json"
-{ uname -a; grep -m1 'model name' /proc/cpuinfo || true; git rev-parse HEAD; git status --porcelain | head -5; } > "$out/machine.txt"
+{ uname -a; grep -m1 'model name' /proc/cpuinfo || true; git rev-parse HEAD; git status --porcelain > "$out/git-status.txt" || true; } > "$out/machine.txt"
 echo "gpu-check: adapter $(printf '%s' "$adapter_json" | python3 -c 'import json,sys; a=json.load(sys.stdin); print(a["name"], "/", a["driver"], a["driver_info"])'); writing $out"
 
 # The GPU test tier, on this adapter (a missing adapter fails rather than skips).
@@ -54,8 +54,16 @@ PY
 # The quickstart: both models on the GPU, then the draft on the CPU and the target on the GPU.
 both="$out/quickstart-gpu.toml"
 split="$out/quickstart-draft-cpu.toml"
-sed 's/^kernels = "q8"$/kernels = "q8"\nbackend = "wgpu"/' experiments/configs/quickstart.toml > "$both"
-sed 's/^source = "qwen2.5-coder-0.5b"$/source = "qwen2.5-coder-0.5b"\nbackend = "flex"/' "$both" > "$split"
+# A top-level key may precede the first table; the draft's backend goes into its own table.
+{ echo 'backend = "wgpu"'; cat experiments/configs/quickstart.toml; } > "$both"
+python3 - "$both" "$split" <<'PY'
+import sys
+text = open(sys.argv[1]).read()
+table = '[models."qwen-0.5b"]\n'
+assert table in text, "quickstart.toml has no [models.\"qwen-0.5b\"] table"
+open(sys.argv[2], "w").write(text.replace(table, table + 'backend = "flex"\n', 1))
+PY
+grep -q '^backend = "flex"' "$split" || { echo "gpu-check: could not put the draft on the CPU" >&2; exit 1; }
 "$bin" run "$both" --out "$out/runs"
 "$bin" run "$split" --out "$out/runs"
 echo "gpu-check: done; see $out"

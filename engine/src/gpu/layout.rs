@@ -146,7 +146,7 @@ mod tests {
     }
 
     #[test]
-    fn padding_stays_within_a_fifth_of_the_file_for_every_format() {
+    fn padding_adds_at_most_twelve_percent_to_any_format() {
         for f in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q5_0, BlockFormat::Q5_1, BlockFormat::Q8_0, BlockFormat::Q4K, BlockFormat::Q5K, BlockFormat::Q6K, BlockFormat::F16, BlockFormat::BF16] {
             let ratio = (4 * f.block_words()) as f64 / f.block_bytes() as f64;
             assert!(ratio <= 1.12, "{f:?}: {ratio}");
