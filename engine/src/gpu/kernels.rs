@@ -130,9 +130,9 @@ fn group_value(w: &[u32], base: usize, g: usize, l: usize, #[comptime] format: B
     }
 }
 
-/// y[r, o] = Σ_i x[r, i] · W[o, i] for up to four rows r of x per cube (decode and verification:
-/// few rows, so each block is read once per four rows). Cube (o, tile): its units stride over the
-/// row's groups, then sum their partial dot products through shared memory.
+/// y[r, o] = Σ_i x[r, i] · W[o, i] for `tile` rows r of x per cube (1 for decode, 4 for
+/// verification: each block is then read once per four rows). Cube (o, tile index): its units
+/// stride over the row's groups, then sum their partial dot products through shared memory.
 #[cube(launch)]
 pub fn matvec_kernel(
     w: &[u32],
@@ -143,13 +143,14 @@ pub fn matvec_kernel(
     inp: usize,
     #[comptime] format: BlockFormat,
     #[comptime] units: usize,
+    #[comptime] tile: usize,
 ) {
     let o = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     // Whole cubes leave together, so the barriers below stay uniform.
     if o >= out {
         terminate!();
     }
-    let first = CUBE_POS_Z as usize * 4;
+    let first = CUBE_POS_Z as usize * tile;
     // Rows past the last are read as the last row and never written.
     let last = rows - 1;
     let x0 = first.min(last) * inp;
@@ -170,34 +171,41 @@ pub fn matvec_kernel(
         let g = group % groups_per_block;
         let (d, m) = group_scale(w, base, g, format);
         let col = group * 16;
+        #[unroll]
         for l in 0..16usize {
             let v = d * group_value(w, base, g, l, format) + m;
             a0 += v * x[x0 + col + l];
-            a1 += v * x[x1 + col + l];
-            a2 += v * x[x2 + col + l];
-            a3 += v * x[x3 + col + l];
+            if comptime!(tile == 4) {
+                a1 += v * x[x1 + col + l];
+                a2 += v * x[x2 + col + l];
+                a3 += v * x[x3 + col + l];
+            }
         }
         group += units;
     }
-    let mut sums = Shared::<[f32]>::new_slice(units * 4);
+    let mut sums = Shared::<[f32]>::new_slice(units * tile);
     let u = UNIT_POS as usize;
     sums[u] = a0;
-    sums[units + u] = a1;
-    sums[2 * units + u] = a2;
-    sums[3 * units + u] = a3;
+    if comptime!(tile == 4) {
+        sums[units + u] = a1;
+        sums[2 * units + u] = a2;
+        sums[3 * units + u] = a3;
+    }
     sync_cube();
     let mut stride = CUBE_DIM as usize / 2;
     while stride > 0 {
         if u < stride {
             sums[u] += sums[u + stride];
-            sums[units + u] += sums[units + u + stride];
-            sums[2 * units + u] += sums[2 * units + u + stride];
-            sums[3 * units + u] += sums[3 * units + u + stride];
+            if comptime!(tile == 4) {
+                sums[units + u] += sums[units + u + stride];
+                sums[2 * units + u] += sums[2 * units + u + stride];
+                sums[3 * units + u] += sums[3 * units + u + stride];
+            }
         }
         sync_cube();
         stride /= 2;
     }
-    if u < 4 && first + u < rows {
+    if u < tile && first + u < rows {
         y[(first + u) * out + o] = sums[u * units];
     }
 }

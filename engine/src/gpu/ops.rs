@@ -32,7 +32,9 @@ impl BlockOps for Cube {
         // Output rows spread over x and y: a dispatch dimension holds at most 65535 cubes.
         let across = out.min(32768) as u32;
         let down = out.div_ceil(across as usize) as u32;
-        let tiles = rows.div_ceil(4) as u32;
+        // One row (decode) gets its own kernel: a 4-row tile would do 4× its multiply-adds.
+        let tile = if rows == 1 { 1 } else { 4 };
+        let tiles = rows.div_ceil(tile) as u32;
         let client = y.client.clone();
         matvec_kernel::launch(
             &client,
@@ -46,6 +48,7 @@ impl BlockOps for Cube {
             inp,
             format,
             UNITS,
+            tile,
         );
         y
     }
