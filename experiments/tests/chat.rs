@@ -11,10 +11,14 @@ fn tiny(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/tiny").join(name).to_string_lossy().into_owned()
 }
 
+/// A file of its own per call: tests run in parallel, and rewriting one shared path truncates it
+/// under a `specdec chat` another test has just started (it then read an empty template).
 fn temp_file(name: &str, text: &str) -> String {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("specdec-chat-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
+    let p = dir.join(format!("{call}-{name}"));
     std::fs::write(&p, text).unwrap();
     p.to_string_lossy().into_owned()
 }
