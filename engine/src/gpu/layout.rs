@@ -59,37 +59,26 @@ impl BlockFormat {
         }
     }
 
-    /// Values per (pseudo-)block.
-    pub const fn block_values(self) -> usize {
+    /// Values per (pseudo-)block: the GGML block, or [`GROUP`] values for F16/BF16.
+    pub fn block_values(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q4K | Self::Q5K | Self::Q6K => 256,
             Self::F16 | Self::BF16 => GROUP,
+            _ => self.ggml().block_size(),
         }
     }
 
-    /// Bytes of a block as stored in the file.
-    pub const fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4_0 => 18,
-            Self::Q4_1 => 20,
-            Self::Q5_0 => 22,
-            Self::Q5_1 => 24,
-            Self::Q8_0 => 34,
-            Self::Q4K => 144,
-            Self::Q5K => 176,
-            Self::Q6K => 210,
-            Self::F16 | Self::BF16 => 2 * GROUP,
-        }
+    /// Bytes of a (pseudo-)block as stored in the file.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().bytes_for(self.block_values())
     }
 
     /// 32-bit words a block takes on the device (its bytes rounded up).
-    pub const fn block_words(self) -> usize {
+    pub fn block_words(self) -> usize {
         self.block_bytes().div_ceil(4)
     }
 
     /// Groups of [`GROUP`] values per block.
-    pub const fn groups_per_block(self) -> usize {
+    pub fn groups_per_block(self) -> usize {
         self.block_values() / GROUP
     }
 
