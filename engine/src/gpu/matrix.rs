@@ -2,6 +2,7 @@
 
 use super::layout::{pack_words, BlockFormat};
 use super::ops;
+use burn::tensor::kind::Basic;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 /// Products with at most this many rows (decode, verification of k + 1 ≤ 16 tokens) run on the
@@ -70,11 +71,7 @@ impl BlockMatrix {
 
     /// x·Wᵀ for x: [rows, inp] on the same device.
     pub fn matmul_t(&self, x: Tensor<2>) -> Tensor<2> {
-        let parts: Vec<Tensor<2>> = (0..self.chunks.len()).flat_map(|c| self.chunk_matmul_t(c, &x)).collect();
-        if parts.len() == 1 {
-            return parts.into_iter().next().unwrap();
-        }
-        Tensor::cat(parts, 1)
+        concat((0..self.chunks.len()).flat_map(|c| self.chunk_matmul_t(c, &x)).collect(), 1)
     }
 
     /// x·Wᵀ over the rows of chunk `c`, as column blocks of the result.
@@ -119,16 +116,21 @@ impl BlockMatrix {
         (groups, (!in_order).then_some(position))
     }
 
-    /// Rows `ids` (each below `out`) as f32: [ids.len(), inp] (embedding lookup).
-    pub fn gather_rows(&self, ids: &[u32]) -> Tensor<2> {
+    /// `take(chunk, local ids)` over the chunks that hold `ids` (each below `out`), its rows put
+    /// back in the order of `ids`.
+    fn take_rows<K: Basic>(&self, ids: &[u32], take: impl Fn(&Tensor<2, Int>, Tensor<1, Int>) -> Tensor<2, K>) -> Tensor<2, K> {
         let device = self.chunks[0].device();
         let (groups, position) = self.by_chunk(ids);
-        let parts: Vec<Tensor<2>> = groups.iter().map(|(c, local)| ops::rows(&self.chunks[*c], ids_tensor(local, &device), self.format, self.inp)).collect();
-        let rows = if parts.len() == 1 { parts.into_iter().next().unwrap() } else { Tensor::cat(parts, 0) };
+        let rows = concat(groups.iter().map(|(c, local)| take(&self.chunks[*c], ids_tensor(local, &device))).collect(), 0);
         match position {
             Some(p) => rows.select(0, ids_tensor(&p, &device)),
             None => rows,
         }
+    }
+
+    /// Rows `ids` (each below `out`) as f32: [ids.len(), inp] (embedding lookup).
+    pub fn gather_rows(&self, ids: &[u32]) -> Tensor<2> {
+        self.take_rows(ids, |chunk, local| ops::rows(chunk, local, self.format, self.inp))
     }
 
     /// The rows `ids` as a matrix of their own (a truncated output layer).
@@ -136,21 +138,17 @@ impl BlockMatrix {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.out) {
             return Err(format!("row {bad} of a matrix of {} rows", self.out));
         }
-        let device = self.chunks[0].device();
-        let chunks = ids
-            .chunks(self.chunk_rows)
-            .map(|part| {
-                let (groups, position) = self.by_chunk(part);
-                let pieces: Vec<Tensor<2, Int>> = groups.iter().map(|(c, local)| self.chunks[*c].clone().select(0, ids_tensor(local, &device))).collect();
-                let rows = if pieces.len() == 1 { pieces.into_iter().next().unwrap() } else { Tensor::cat(pieces, 0) };
-                match position {
-                    Some(p) => rows.select(0, ids_tensor(&p, &device)),
-                    None => rows,
-                }
-            })
-            .collect();
+        let chunks = ids.chunks(self.chunk_rows).map(|part| self.take_rows(part, |chunk, local| chunk.clone().select(0, local))).collect();
         Ok(BlockMatrix { chunks, chunk_rows: self.chunk_rows, format: self.format, out: ids.len(), inp: self.inp })
     }
+}
+
+/// `parts` joined along `dim` (a single part as it is, without a copy).
+fn concat<K: Basic>(mut parts: Vec<Tensor<2, K>>, dim: usize) -> Tensor<2, K> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap();
+    }
+    Tensor::cat(parts, dim)
 }
 
 fn ids_tensor(ids: &[u32], device: &Device) -> Tensor<1, Int> {
