@@ -102,8 +102,17 @@ pub fn gpu_adapter() -> Result<GpuAdapter> {
 
 /// Bytes the device's allocator holds for live tensors, on devices that report it (Burn's CubeCL
 /// devices; not the host backends, whose memory is the process's RSS).
-pub fn device_bytes_in_use(device: &Device) -> Option<u64> {
+fn device_bytes_in_use(device: &Device) -> Option<u64> {
     device.memory_pool_usage().map(|u| u.bytes_in_use)
+}
+
+/// Runs `load` and returns what it made with the device bytes it left in use (a model's weights),
+/// on devices that report their memory.
+pub fn with_device_bytes<T>(device: &Device, load: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let before = device_bytes_in_use(device);
+    let made = load();
+    let held = device_bytes_in_use(device).zip(before).map(|(after, before)| after.saturating_sub(before));
+    (made, held)
 }
 
 /// Bytes the device's allocator has reserved (live tensors plus pages kept for reuse).

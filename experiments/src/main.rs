@@ -556,13 +556,12 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     }
     let files = engine::source::resolve(&args.model)?;
     let start = Instant::now();
-    let before_load = backend::device_bytes_in_use(&device);
-    let loaded = engine::load_files(files.clone(), &device).with_context(|| format!("loading model `{}`", args.model))?;
-    let load_s = start.elapsed().as_secs_f64();
     // Device memory (accelerators only): what the loaded model holds — its weights, as blocks or
     // f32 — and what the allocator has reserved once prefill, decode and verification have run
     // (weights + KV cache + scratch).
-    let weights_on_device = backend::device_bytes_in_use(&device).zip(before_load).map(|(after, before)| after.saturating_sub(before));
+    let (loaded, weights_on_device) = backend::with_device_bytes(&device, || engine::load_files(files.clone(), &device));
+    let loaded = loaded.with_context(|| format!("loading model `{}`", args.model))?;
+    let load_s = start.elapsed().as_secs_f64();
     // A deterministic prompt of exactly --prompt-tokens tokens (ordinary text, repeated).
     let text = "The quick brown fox jumps over the lazy dog while the river keeps flowing to the sea. ".repeat(64);
     let mut prompt = loaded.tokenizer.encode(&text, false)?;

@@ -411,11 +411,10 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
             Some(dir) => Some(engine::model::LoraAdapter::open(dir).with_context(|| format!("model `{name}`: adapter {}", dir.display()))?),
             None => None,
         };
-        let before_load = crate::backend::device_bytes_in_use(&device);
-        let loaded = pool
-            .install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model_adapted(&entry.source, adapter.as_ref(), &device)))
-            .with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
-        let device_weight_bytes = crate::backend::device_bytes_in_use(&device).zip(before_load).map(|(after, before)| after.saturating_sub(before));
+        let (loaded, device_weight_bytes) = crate::backend::with_device_bytes(&device, || {
+            pool.install(|| engine::cpu::with_kernel_mode(kernels, || engine::load_model_adapted(&entry.source, adapter.as_ref(), &device)))
+        });
+        let loaded = loaded.with_context(|| format!("loading model `{name}` from `{}`", entry.source))?;
         let gpu_adapter = match backend {
             crate::backend::Backend::Wgpu => Some(crate::backend::gpu_adapter()?),
             _ => None,
