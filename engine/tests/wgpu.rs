@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::{fixtures, max_abs_diff, real_model, read_json};
 use engine::generate::{generate, GenerationConfig};
 use engine::gguf::Gguf;
-use engine::model::{load_gguf, CausalLm, LogitRows};
+use engine::model::{load_gguf, with_device_float, CausalLm, DeviceFloat, LogitRows, Placement};
 use engine::speculative::{generate_speculative, DraftModel, SpecConfig};
 
 /// The wgpu device, held by one test at a time: the tests measure device memory, which a test
@@ -52,9 +52,30 @@ fn device() -> Option<Gpu> {
     }
 }
 
-fn tiny(name: &str, device: &Device) -> Box<dyn CausalLm> {
+/// The float types to test activations in on `gpu`: f32, and f16 where the adapter computes in
+/// it (lavapipe does).
+fn floats(gpu: &Device) -> Vec<DeviceFloat> {
+    let mut floats = vec![DeviceFloat::F32];
+    if gpu.supports_dtype(burn::tensor::DType::F16) {
+        floats.push(DeviceFloat::F16);
+    } else {
+        common::report_skip("this adapter has no shader-f16: f16 activations are not tested");
+    }
+    floats
+}
+
+fn tiny(name: &str, device: &Device, float: DeviceFloat) -> Box<dyn CausalLm> {
     let g = Gguf::open(fixtures().join("tiny").join(format!("{name}.gguf"))).unwrap();
-    load_gguf(&g, device).unwrap()
+    with_device_float(float, || load_gguf(&g, device)).unwrap()
+}
+
+fn load_real(path: &std::path::Path, device: &Device, float: DeviceFloat) -> engine::LoadedModel {
+    with_device_float(float, || engine::load_files(engine::source::ModelFiles::Gguf(path.to_path_buf()), device)).unwrap()
+}
+
+/// Largest |logit| of `rows`: the scale f16's relative rounding applies to.
+fn logit_scale(rows: &[Vec<f32>]) -> f32 {
+    rows.iter().flatten().fold(0f32, |m, v| m.max(v.abs()))
 }
 
 /// Logits of every position of `tokens`.
@@ -70,8 +91,8 @@ fn tiny_models_give_the_cpu_logits_and_transformers_logits() {
     for name in ["llama", "qwen2"] {
         let reference = read_json(&fixtures().join("tiny").join(format!("{name}.ref.json")));
         let tokens: Vec<u32> = reference["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        let on_gpu = all_logits(tiny(name, &gpu).as_ref(), &tokens);
-        let on_cpu = all_logits(tiny(name, &Device::flex()).as_ref(), &tokens);
+        let on_gpu = all_logits(tiny(name, &gpu, DeviceFloat::F32).as_ref(), &tokens);
+        let on_cpu = all_logits(tiny(name, &Device::flex(), DeviceFloat::F32).as_ref(), &tokens);
         let mut worst_cpu = 0f32;
         let mut worst_ref = 0f32;
         for (i, row) in on_gpu.iter().enumerate() {
@@ -82,7 +103,7 @@ fn tiny_models_give_the_cpu_logits_and_transformers_logits() {
         eprintln!("{name} on wgpu: max |Δlogit| {worst_cpu:.2e} vs CPU, {worst_ref:.2e} vs transformers");
         assert!(worst_cpu < 2e-5 && worst_ref < 2e-5, "{name}: wgpu logits differ (CPU {worst_cpu}, transformers {worst_ref})");
         // One token at a time through the device KV cache gives the same rows.
-        let model = tiny(name, &gpu);
+        let model = tiny(name, &gpu, DeviceFloat::F32);
         let mut cache = model.new_cache(64).unwrap();
         for (i, &t) in tokens.iter().enumerate() {
             let row = model.forward(&[t], &mut cache, LogitRows::Last).unwrap();
@@ -92,29 +113,76 @@ fn tiny_models_give_the_cpu_logits_and_transformers_logits() {
 }
 
 #[test]
+fn tiny_models_in_f16_stay_within_half_precision_of_the_cpu() {
+    let Some(gpu) = device() else { return };
+    if !floats(&gpu).contains(&DeviceFloat::F16) {
+        return;
+    }
+    for name in ["llama", "qwen2"] {
+        let reference = read_json(&fixtures().join("tiny").join(format!("{name}.ref.json")));
+        let tokens: Vec<u32> = reference["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let on_cpu = all_logits(tiny(name, &Device::flex(), DeviceFloat::F32).as_ref(), &tokens);
+        let on_gpu = all_logits(tiny(name, &gpu, DeviceFloat::F16).as_ref(), &tokens);
+        let worst = on_gpu.iter().zip(&on_cpu).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
+        let scale = logit_scale(&on_cpu);
+        eprintln!("{name} on wgpu in f16: max |Δlogit| {worst:.2e} vs CPU f32 (logits up to {scale:.2})");
+        // Activations rounded to 11 significant bits at every layer: a few units of 2⁻¹¹ of the
+        // logits' scale, not the 2e-5 of f32.
+        assert!(worst <= 0.01 * scale, "{name}: f16 logits differ by {worst} (scale {scale})");
+        assert!(worst > 0.0, "{name}: f16 logits equal f32's bit for bit: f16 was not used");
+    }
+}
+
+#[test]
 fn greedy_speculative_equals_greedy_target_only_on_wgpu() {
     let Some(gpu) = device() else { return };
-    let target = tiny("llama", &gpu);
-    let draft = tiny("llama-draft", &gpu);
-    let prompt = [72u32, 101, 108, 108, 111, 44, 32];
-    let gen = GenerationConfig { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
-    let want = generate(target.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
-    for k in [1, 2, 4] {
-        let mut proposer = DraftModel::new(draft.as_ref(), prompt.len() + gen.max_new_tokens).unwrap();
-        let out = generate_speculative(target.as_ref(), &mut proposer, &prompt, &[], &SpecConfig::fixed(gen.clone(), k), |_| {}).unwrap();
-        assert_eq!(out.generation.tokens, want, "k = {k}");
-        assert!(out.metrics.drafted > 0 && out.metrics.accepted < out.metrics.drafted, "k = {k}: the perturbed draft is sometimes rejected");
+    for float in floats(&gpu) {
+        let target = tiny("llama", &gpu, float);
+        let draft = tiny("llama-draft", &gpu, float);
+        let prompt = [72u32, 101, 108, 108, 111, 44, 32];
+        let gen = GenerationConfig { max_new_tokens: 24, stop_at_eos: false, ..Default::default() };
+        let want = generate(target.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+        for k in [1, 2, 4] {
+            let mut proposer = DraftModel::new(draft.as_ref(), prompt.len() + gen.max_new_tokens).unwrap();
+            let out = generate_speculative(target.as_ref(), &mut proposer, &prompt, &[], &SpecConfig::fixed(gen.clone(), k), |_| {}).unwrap();
+            assert_eq!(out.generation.tokens, want, "{float:?}, k = {k}");
+            assert!(out.metrics.drafted > 0 && out.metrics.accepted < out.metrics.drafted, "{float:?}, k = {k}: the perturbed draft is sometimes rejected");
+        }
     }
+}
+
+#[test]
+fn the_device_chooses_f16_where_the_adapter_computes_in_it_and_the_cache_halves() {
+    let Some(gpu) = device() else { return };
+    let want = if gpu.supports_dtype(burn::tensor::DType::F16) { DeviceFloat::F16 } else { DeviceFloat::F32 };
+    assert_eq!(Placement::of(&gpu), Placement::Device(want), "the automatic choice on this adapter");
+    assert_eq!(with_device_float(DeviceFloat::F32, || Placement::of(&gpu)), Placement::Device(DeviceFloat::F32));
+    assert_eq!(Placement::of(&Device::flex()), Placement::Host, "CPU devices keep activations in host memory");
+    if want != DeviceFloat::F16 {
+        return;
+    }
+    // The KV cache of the tiny Llama in each float: f16 takes half the bytes.
+    let cache_bytes = |float| {
+        let model = tiny("llama", &gpu, float);
+        let before = gpu.memory_pool_usage().unwrap().bytes_in_use;
+        let cache = model.new_cache(64).unwrap();
+        let bytes = gpu.memory_pool_usage().unwrap().bytes_in_use.saturating_sub(before);
+        drop(cache);
+        bytes
+    };
+    let (f32_bytes, f16_bytes) = (cache_bytes(DeviceFloat::F32), cache_bytes(DeviceFloat::F16));
+    let cfg = tiny("llama", &gpu, DeviceFloat::F32).config().clone();
+    let values = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 64) as u64;
+    eprintln!("tiny Llama KV cache of 64 positions: {f32_bytes} bytes in f32, {f16_bytes} in f16 ({values} values)");
+    assert!(f32_bytes >= 4 * values && f16_bytes >= 2 * values && f16_bytes < 3 * values, "cache bytes {f32_bytes} (f32), {f16_bytes} (f16)");
 }
 
 #[test]
 fn smollm2_decodes_on_wgpu_like_the_exact_cpu_kernels() {
     let Some(gpu) = device() else { return };
     let Some(path) = real_model("smollm2-135m") else { return };
-    let on_gpu = engine::load_files(engine::source::ModelFiles::Gguf(path.clone()), &gpu).unwrap();
-    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || {
-        engine::load_files(engine::source::ModelFiles::Gguf(path), &Device::flex()).unwrap()
-    });
+    let on_gpu = load_real(&path, &gpu, DeviceFloat::F32);
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || load_real(&path, &Device::flex(), DeviceFloat::F32));
     let prompt = on_gpu.tokenizer.encode("The capital of France is", true).unwrap();
     let gen = GenerationConfig { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
     let a = generate(on_gpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
@@ -126,6 +194,49 @@ fn smollm2_decodes_on_wgpu_like_the_exact_cpu_kernels() {
     let worst = max_abs_diff(&last_gpu, &last_cpu);
     eprintln!("SmolLM2 last-position logits: max |Δ| {worst:.2e} between wgpu and the exact CPU kernels");
     assert!(worst < 1e-3, "logits differ by {worst}");
+}
+
+#[test]
+fn smollm2_in_f16_decodes_the_tokens_of_the_exact_cpu_kernels() {
+    let Some(gpu) = device() else { return };
+    if !floats(&gpu).contains(&DeviceFloat::F16) {
+        return;
+    }
+    let Some(path) = real_model("smollm2-135m") else { return };
+    let on_gpu = load_real(&path, &gpu, DeviceFloat::F16);
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || load_real(&path, &Device::flex(), DeviceFloat::F32));
+    let prompt = on_gpu.tokenizer.encode("The capital of France is", true).unwrap();
+    let gen = GenerationConfig { max_new_tokens: 8, stop_at_eos: false, ..Default::default() };
+    let a = generate(on_gpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    let b = generate(cpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    assert_eq!(a, b, "SmolLM2's greedy tokens in f16 on wgpu differ from the f32 CPU kernels'");
+    let last_gpu = all_logits(on_gpu.model.as_ref(), &prompt);
+    let last_cpu = all_logits(cpu.model.as_ref(), &prompt);
+    let worst = last_gpu.iter().zip(&last_cpu).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
+    let scale = logit_scale(&last_cpu);
+    eprintln!("SmolLM2 in f16 on wgpu: max |Δlogit| {worst:.2e} vs the exact CPU kernels (logits up to {scale:.1})");
+    assert!(worst <= 0.01 * scale, "f16 logits differ by {worst} (scale {scale})");
+}
+
+#[test]
+fn gemma3_stays_in_f32_on_the_device_and_decodes_like_the_cpu() {
+    // Gemma's residual stream leaves f16's range: the family keeps f32 activations whatever the
+    // adapter offers (loaded here with the automatic choice, f16 on lavapipe).
+    let Some(gpu) = device() else { return };
+    let Some(path) = real_model("gemma3-270m") else { return };
+    let on_gpu = engine::load_files(engine::source::ModelFiles::Gguf(path.clone()), &gpu).unwrap();
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || load_real(&path, &Device::flex(), DeviceFloat::F32));
+    let prompt = on_gpu.tokenizer.encode("The capital of France is", true).unwrap();
+    let last_gpu = all_logits(on_gpu.model.as_ref(), &prompt).pop().unwrap();
+    let last_cpu = all_logits(cpu.model.as_ref(), &prompt).pop().unwrap();
+    assert!(last_gpu.iter().all(|v| v.is_finite()), "Gemma3 logits on the device are not finite");
+    let worst = max_abs_diff(&last_gpu, &last_cpu);
+    eprintln!("Gemma3-270M on wgpu: max |Δlogit| {worst:.2e} vs the exact CPU kernels");
+    assert!(worst < 1e-2, "Gemma3 logits differ by {worst}");
+    let gen = GenerationConfig { max_new_tokens: 6, stop_at_eos: false, ..Default::default() };
+    let a = generate(on_gpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    let b = generate(cpu.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    assert_eq!(a, b, "Gemma3's greedy tokens on wgpu differ from the CPU's");
 }
 
 // ---- Weights in their GGML blocks on the device (engine::gpu) ----
@@ -181,8 +292,10 @@ fn on_device(w: &QuantMatrix, gpu: &Device) -> BlockMatrix {
 }
 
 fn to_host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
+
+const F32: burn::tensor::DType = burn::tensor::DType::F32;
 
 /// Each product y[r, o] of the device against the host's exact kernel, within f32 rounding of the
 /// sum's magnitude Σ|w||x| (the two sum in different orders).
@@ -217,7 +330,7 @@ fn block_kernels_match_the_exact_cpu_kernels_for_every_format() {
         let ids: Vec<u32> = (0..out as u32).rev().collect();
         // Within a few ulps of the row's largest value: d·q + m may be fused into one multiply-add
         // on a GPU, which can differ from the host's two roundings when d·q and m nearly cancel.
-        let rows = to_host(device_w.gather_rows(&ids));
+        let rows = to_host(device_w.gather_rows(&ids, F32));
         let want = w.gather_rows(&ids);
         for (r, (got_row, want_row)) in rows.chunks(inp).zip(want.chunks(inp)).enumerate() {
             let scale = want_row.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -249,7 +362,7 @@ fn block_kernels_dequantize_real_blocks_like_the_gguf_package() {
         let want: Vec<f32> = meta["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let (out, inp) = (want.len() / 256, 256);
         let w = host_matrix(ty, raw, out, inp);
-        let got = to_host(on_device(&w, &gpu).gather_rows(&(0..out as u32).collect::<Vec<_>>()));
+        let got = to_host(on_device(&w, &gpu).gather_rows(&(0..out as u32).collect::<Vec<_>>(), F32));
         let worst = max_abs_diff(&got, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         eprintln!("{name} ({}): {} real values dequantized on the device, max |Δ| {worst:.1e} vs gguf", meta["source"], want.len());
@@ -283,7 +396,7 @@ fn matrices_split_into_row_chunks_multiply_and_look_up_like_whole_ones() {
     }
     // Nine ids: the subset itself spans two chunks of 7 rows.
     let ids = [44u32, 0, 13, 7, 6, 44, 21, 40, 1];
-    assert_eq!(to_host(chunked.gather_rows(&ids)), w.gather_rows(&ids), "lookups across chunks");
+    assert_eq!(to_host(chunked.gather_rows(&ids, F32)), w.gather_rows(&ids), "lookups across chunks");
     let subset = chunked.select_rows(&ids).unwrap();
     assert_products_match("a subset across chunks", &w.select_rows(&ids).unwrap(), &subset, 3, &mut rng, &gpu);
 }
@@ -317,10 +430,8 @@ fn real_models_take_their_file_size_in_device_memory_not_four_bytes_a_weight() {
 fn smollm2_prefill_tiles_and_speculation_on_device_blocks() {
     let Some(gpu) = device() else { return };
     let Some(path) = real_model("smollm2-135m") else { return };
-    let on_gpu = engine::load_files(engine::source::ModelFiles::Gguf(path.clone()), &gpu).unwrap();
-    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || {
-        engine::load_files(engine::source::ModelFiles::Gguf(path), &Device::flex()).unwrap()
-    });
+    let on_gpu = load_real(&path, &gpu, DeviceFloat::F32);
+    let cpu = engine::cpu::with_kernel_mode(engine::cpu::KernelMode::Exact, || load_real(&path, &Device::flex(), DeviceFloat::F32));
     // 30 tokens in one forward: past the matrix-vector kernel's 16 rows, so every product runs on
     // dequantized row tiles (the 49152-row output layer in two of them) and Burn's matmul.
     let text = "Speculative decoding lets a small draft model propose tokens that a larger target model verifies in one pass, so the output is exactly the target's.";
@@ -341,4 +452,58 @@ fn smollm2_prefill_tiles_and_speculation_on_device_blocks() {
     assert_eq!(out.generation.tokens, want, "greedy speculative decoding on the device differs from target-only");
     eprintln!("SmolLM2 on wgpu, k = 4, layer-skip draft: accepted {} of {} drafted", out.metrics.accepted, out.metrics.drafted);
     assert!(out.metrics.drafted > 0);
+    // The same in f16: the prefill on dequantized f16 tiles near the CPU's, and speculation
+    // equal to target-only in f16.
+    if !floats(&gpu).contains(&DeviceFloat::F16) {
+        return;
+    }
+    let half = load_real(&real_model("smollm2-135m").unwrap(), &gpu, DeviceFloat::F16);
+    let a = all_logits(half.model.as_ref(), &prompt);
+    let worst = a.iter().zip(&b).map(|(x, y)| max_abs_diff(x, y)).fold(0f32, f32::max);
+    let scale = logit_scale(&b);
+    eprintln!("SmolLM2 in f16, {} prompt positions at once: max |Δlogit| {worst:.2e} (logits up to {scale:.1})", prompt.len());
+    assert!(worst <= 0.01 * scale, "f16 prefill logits differ by {worst} (scale {scale})");
+    let draft = engine::model::LayerSkip::new(half.model.as_ref(), 20).unwrap();
+    let gen = GenerationConfig { max_new_tokens: 10, stop_at_eos: false, ..Default::default() };
+    let want = generate(half.model.as_ref(), &prompt, &[], &gen, |_| {}).unwrap().tokens;
+    let mut proposer = DraftModel::new(&draft, prompt.len() + gen.max_new_tokens).unwrap();
+    let out = generate_speculative(half.model.as_ref(), &mut proposer, &prompt, &[], &SpecConfig::fixed(gen, 4), |_| {}).unwrap();
+    assert_eq!(out.generation.tokens, want, "greedy speculative decoding in f16 on the device differs from target-only");
+}
+
+#[test]
+fn block_kernels_take_and_give_f16_activations() {
+    // The kernels read f16 x, accumulate in f32 and write f16 y: against the host's exact product
+    // of the same (f16-rounded) x, each y within f16 rounding of itself plus f32 rounding of the sum.
+    let Some(gpu) = device() else { return };
+    if !floats(&gpu).contains(&DeviceFloat::F16) {
+        return;
+    }
+    let f16 = burn::tensor::DType::F16;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    let (out, inp) = (37, 512);
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F16] {
+        let w = host_matrix(ty, random_blocks(ty, out, inp, &mut rng), out, inp);
+        let device_w = on_device(&w, &gpu);
+        for rows in [1, 5, 40] {
+            let x: Vec<f32> = (0..rows * inp).map(|_| half::f16::from_f32(rng.random_range(-1.0..1.0)).to_f32()).collect();
+            let want = w.matmul_t_with(KernelMode::Exact, &x, rows);
+            let xt = Tensor::<2>::from_data(TensorData::new(x.clone(), [rows, inp]), (&*gpu, f16));
+            let y = device_w.matmul_t(xt);
+            assert_eq!(y.dtype(), f16, "{}: the product keeps the activations' float type", ty.name());
+            let dense = w.to_f32();
+            for (i, (a, b)) in to_host(y).iter().zip(&want).enumerate() {
+                let (r, o) = (i / out, i % out);
+                let magnitude: f32 = (0..inp).map(|j| (dense[o * inp + j] * x[r * inp + j]).abs()).sum();
+                // Prefill (40 rows) multiplies f16 tiles with Burn's matmul: its sums may be f16 too.
+                let sum_rounding = if rows > 16 { 2e-3 } else { 1e-5 };
+                assert!((a - b).abs() <= 1e-3 * b.abs() + sum_rounding * magnitude, "{}, {rows} rows: y[{r}, {o}] = {a} in f16, {b} on the host", ty.name());
+            }
+        }
+        let ids = [5u32, 0, 36];
+        let rows = to_host(device_w.gather_rows(&ids, f16));
+        for (a, b) in rows.iter().zip(w.gather_rows(&ids)) {
+            assert_eq!(*a, half::f16::from_f32(b).to_f32(), "{}: f16 lookups are the f32 values rounded once", ty.name());
+        }
+    }
 }

@@ -60,6 +60,9 @@ pub struct GpuAdapter {
     pub device_type: String,
     /// True for a software adapter: its figures measure this CPU, not a GPU.
     pub software: bool,
+    /// Whether the device computes in f16 (the adapter's shader-f16 feature).
+    #[serde(default)]
+    pub f16: bool,
 }
 
 #[cfg(feature = "wgpu")]
@@ -80,6 +83,7 @@ fn wgpu_init() -> Result<(Device, GpuAdapter)> {
             api: format!("{:?}", info.backend),
             software: device_type == "Cpu",
             device_type,
+            f16: device.supports_dtype(burn::tensor::DType::F16),
         };
         Ok((device, adapter))
     })

@@ -208,6 +208,10 @@ pub struct RuntimeArgs {
     /// Default: $SPECDEC_KERNELS, else q8.
     #[arg(long, value_parser = ["q8", "exact", "f32"])]
     kernels: Option<String>,
+    /// Float type of activations, KV cache and logits on a GPU backend: auto (f16 where the
+    /// adapter computes in it, else f32), f32 or f16. Default: $SPECDEC_DEVICE_FLOAT, else auto.
+    #[arg(long, value_parser = ["auto", "f32", "f16"])]
+    device_float: Option<String>,
 }
 
 impl RuntimeArgs {
@@ -215,6 +219,18 @@ impl RuntimeArgs {
     fn init(&self) -> Result<usize> {
         if let Some(k) = &self.kernels {
             engine::cpu::set_kernel_mode(config::parse_kernels(k)?);
+        }
+        if let Some(name) = &self.device_float {
+            let float = engine::model::parse_device_float(name).map_err(anyhow::Error::msg)?;
+            if float == Some(engine::model::DeviceFloat::F16) {
+                if self.backend != Backend::Wgpu {
+                    anyhow::bail!("--device-float f16 is for GPU backends (wgpu): the {} backend computes in f32 on host kernels", self.backend);
+                }
+                if !self.backend.device()?.supports_dtype(burn::tensor::DType::F16) {
+                    anyhow::bail!("--device-float f16: this wgpu adapter cannot compute in f16 (no shader-f16 feature)");
+                }
+            }
+            engine::model::set_device_float(float);
         }
         backend::init_threads(self.threads)
     }
@@ -608,6 +624,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         "peak_rss_bytes": peak_rss,
         "file_bytes": loaded.file_bytes,
         "gpu_adapter": adapter,
+        "device_float": engine::model::Placement::of(&device).device_float().map(|f| f.name()),
         "device_memory": weights_on_device.map(|w| serde_json::json!({
             "weights_bytes": w,
             "weights_of_file": w as f64 / loaded.file_bytes as f64,
@@ -661,10 +678,11 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         }
         if let Some(w) = weights_on_device {
             println!(
-                "device      weights {:.0} MB ({:.2}× the file), {:.0} MB reserved after the run",
+                "device      weights {:.0} MB ({:.2}× the file), {:.0} MB reserved after the run, activations and KV cache in {}",
                 w as f64 / 1e6,
                 w as f64 / loaded.file_bytes as f64,
-                reserved_on_device.unwrap_or(0) as f64 / 1e6
+                reserved_on_device.unwrap_or(0) as f64 / 1e6,
+                json["device_float"].as_str().unwrap_or("f32")
             );
         }
         println!("prefill     {:.1} tok/s (median of {}, range {}) for {} tokens", report.prefill_tok_s, args.repeats, spread(&report.prefill_tok_s_runs), args.prompt_tokens);

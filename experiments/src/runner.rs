@@ -99,6 +99,9 @@ pub struct ModelManifest {
     /// Bytes the model's weights take in device memory (accelerators that report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_weight_bytes: Option<u64>,
+    /// The float type of activations and KV cache on a GPU device (`f32`, `f16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_float: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +439,7 @@ fn execute(dir: &Path, cfg: ExperimentConfig, sets: Vec<PromptSet>, shard: Optio
                 files,
                 gpu_adapter,
                 device_weight_bytes,
+                device_float: engine::model::Placement::of(&device).device_float().map(|f| f.name().to_string()),
             },
         );
         models.insert(name.to_string(), Loaded { model: Pooled { model: loaded.model, pool }, tokenizer: loaded.tokenizer });

@@ -627,3 +627,14 @@ fn gpu_without_the_wgpu_build_says_how_to_get_it() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--features wgpu"), "{}", stderr(&o));
 }
+
+#[test]
+fn f16_activations_are_refused_on_cpu_backends() {
+    // Host kernels compute in f32: asking them for f16 is an error, not silently ignored.
+    let model = tiny("llama.gguf");
+    let o = specdec(&["generate", "--model", &model, "--prompt", "hi", "--max-new-tokens", "1", "--device-float", "f16"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--device-float f16 is for GPU backends"), "{}", stderr(&o));
+    let o = specdec(&["generate", "--model", &model, "--prompt", "hi", "--max-new-tokens", "1", "--device-float", "f32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

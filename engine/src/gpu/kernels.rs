@@ -4,6 +4,10 @@
 //! Every format is read as groups of 16 values that share a scale: value = d · (q + bias) + m,
 //! with `q + bias` an exact small integer (or, for F16/BF16, the value itself and d = 1, m = 0),
 //! the same arithmetic as the host's exact dequantization in [`crate::gguf::dequantize`].
+//!
+//! Activations (x, y) are of the model's float type `F` (f32, or f16 where the adapter computes
+//! in it); weights are dequantized and products accumulated in f32 whatever `F` is, so an f16
+//! model loses precision only where its activations are stored.
 
 use super::layout::BlockFormat;
 use burn_cubecl::cubecl;
@@ -134,16 +138,17 @@ fn group_value(w: &[u32], base: usize, g: usize, l: usize, #[comptime] format: B
 /// verification: each block is then read once per four rows). Cube (o, tile index): its units
 /// stride over the row's groups, then sum their partial dot products through shared memory.
 #[cube(launch)]
-pub fn matvec_kernel(
+pub fn matvec_kernel<F: Float>(
     w: &[u32],
-    x: &[f32],
-    y: &mut [f32],
+    x: &[F],
+    y: &mut [F],
     rows: usize,
     out: usize,
     inp: usize,
     #[comptime] format: BlockFormat,
     #[comptime] units: usize,
     #[comptime] tile: usize,
+    #[define(F)] _float: ElemType,
 ) {
     let o = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     // Whole cubes leave together, so the barriers below stay uniform.
@@ -174,11 +179,11 @@ pub fn matvec_kernel(
         #[unroll]
         for l in 0..16usize {
             let v = d * group_value(w, base, g, l, format) + m;
-            a0 += v * x[x0 + col + l];
+            a0 += v * f32::cast_from(x[x0 + col + l]);
             if comptime!(tile == 4) {
-                a1 += v * x[x1 + col + l];
-                a2 += v * x[x2 + col + l];
-                a3 += v * x[x3 + col + l];
+                a1 += v * f32::cast_from(x[x1 + col + l]);
+                a2 += v * f32::cast_from(x[x2 + col + l]);
+                a3 += v * f32::cast_from(x[x3 + col + l]);
             }
         }
         group += units;
@@ -206,14 +211,22 @@ pub fn matvec_kernel(
         stride /= 2;
     }
     if u < tile && first + u < rows {
-        y[(first + u) * out + o] = sums[u * units];
+        y[(first + u) * out + o] = F::cast_from(sums[u * units]);
     }
 }
 
-/// Rows `ids` of W as f32, [ids.len(), inp]: one unit per group of 16 values (embedding lookups,
+/// Rows `ids` of W as `F`, [ids.len(), inp]: one unit per group of 16 values (embedding lookups,
 /// and row tiles of W for long prompts, which Burn's matmul then multiplies).
 #[cube(launch)]
-pub fn dequantize_rows_kernel(w: &[u32], ids: &[u32], y: &mut [f32], groups_total: usize, inp: usize, #[comptime] format: BlockFormat) {
+pub fn dequantize_rows_kernel<F: Float>(
+    w: &[u32],
+    ids: &[u32],
+    y: &mut [F],
+    groups_total: usize,
+    inp: usize,
+    #[comptime] format: BlockFormat,
+    #[define(F)] _float: ElemType,
+) {
     let pos = ABSOLUTE_POS;
     if pos >= groups_total {
         terminate!();
@@ -229,6 +242,6 @@ pub fn dequantize_rows_kernel(w: &[u32], ids: &[u32], y: &mut [f32], groups_tota
     let (d, m) = group_scale(w, base, g, format);
     let out = r * inp + group * 16;
     for l in 0..16usize {
-        y[out + l] = d * group_value(w, base, g, l, format) + m;
+        y[out + l] = F::cast_from(d * group_value(w, base, g, l, format) + m);
     }
 }

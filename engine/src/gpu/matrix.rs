@@ -86,7 +86,7 @@ impl BlockMatrix {
             .step_by(tile)
             .map(|first| {
                 let ids: Vec<u32> = (first..(first + tile).min(out)).map(|r| r as u32).collect();
-                let w = ops::rows(w, ids_tensor(&ids, &device), self.format, self.inp);
+                let w = ops::rows(w, ids_tensor(&ids, &device), self.format, self.inp, x.dtype());
                 x.clone().matmul(w.transpose())
             })
             .collect()
@@ -128,9 +128,9 @@ impl BlockMatrix {
         }
     }
 
-    /// Rows `ids` (each below `out`) as f32: [ids.len(), inp] (embedding lookup).
-    pub fn gather_rows(&self, ids: &[u32]) -> Tensor<2> {
-        self.take_rows(ids, |chunk, local| ops::rows(chunk, local, self.format, self.inp))
+    /// Rows `ids` (each below `out`) as `dtype` (f32 or f16): [ids.len(), inp] (embedding lookup).
+    pub fn gather_rows(&self, ids: &[u32], dtype: DType) -> Tensor<2> {
+        self.take_rows(ids, |chunk, local| ops::rows(chunk, local, self.format, self.inp, dtype))
     }
 
     /// The rows `ids` as a matrix of their own (a truncated output layer).

@@ -7,6 +7,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, Cube, Dispatch};
 use burn::tensor::{DType, Int, Shape, Tensor};
 use burn_cubecl::cubecl::calculate_cube_count_elemwise;
+use burn_cubecl::cubecl::ir::FloatKind;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
@@ -20,15 +21,16 @@ const UNITS: usize = 64;
 pub trait BlockOps: Backend {
     /// x·Wᵀ for x: [rows, inp] and W [out, inp] in `format` blocks.
     fn block_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, format: BlockFormat, out: usize, inp: usize) -> FloatTensor<Self>;
-    /// Rows `ids` of W as f32: [ids.len(), inp].
-    fn block_rows(w: IntTensor<Self>, ids: IntTensor<Self>, format: BlockFormat, inp: usize) -> FloatTensor<Self>;
+    /// Rows `ids` of W as `dtype` (f32 or f16): [ids.len(), inp].
+    fn block_rows(w: IntTensor<Self>, ids: IntTensor<Self>, format: BlockFormat, inp: usize, dtype: DType) -> FloatTensor<Self>;
 }
 
 impl BlockOps for Cube {
     fn block_matvec(x: FloatTensor<Self>, w: IntTensor<Self>, format: BlockFormat, out: usize, inp: usize) -> FloatTensor<Self> {
         let x = into_contiguous(x);
         let rows = x.meta.shape()[0];
-        let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, out]), DType::F32);
+        let dtype = x.dtype;
+        let y = empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), Shape::new([rows, out]), dtype);
         // Output rows spread over x and y: a dispatch dimension holds at most 65535 cubes.
         let across = out.min(32768) as u32;
         let down = out.div_ceil(across as usize) as u32;
@@ -49,20 +51,31 @@ impl BlockOps for Cube {
             format,
             UNITS,
             tile,
+            float_type(dtype),
         );
         y
     }
 
-    fn block_rows(w: IntTensor<Self>, ids: IntTensor<Self>, format: BlockFormat, inp: usize) -> FloatTensor<Self> {
+    fn block_rows(w: IntTensor<Self>, ids: IntTensor<Self>, format: BlockFormat, inp: usize, dtype: DType) -> FloatTensor<Self> {
         let ids = into_contiguous(ids);
         let n = ids.meta.shape()[0];
-        let y = empty_device_contiguous_dtype(w.client.clone(), w.device.clone(), Shape::new([n, inp]), DType::F32);
+        let y = empty_device_contiguous_dtype(w.client.clone(), w.device.clone(), Shape::new([n, inp]), dtype);
         let units = n * inp / GROUP;
         let client = y.client.clone();
         let dim = CubeDim::new(&client, units);
         let count = calculate_cube_count_elemwise(&client, units, dim);
-        dequantize_rows_kernel::launch(&client, count, dim, w.into_buffer_arg(), ids.into_buffer_arg(), y.clone().into_buffer_arg(), units, inp, format);
+        dequantize_rows_kernel::launch(&client, count, dim, w.into_buffer_arg(), ids.into_buffer_arg(), y.clone().into_buffer_arg(), units, inp, format, float_type(dtype));
         y
+    }
+}
+
+/// The kernels' element type for activations of `dtype`: f16 or f32 (the model layer never asks
+/// for another).
+fn float_type(dtype: DType) -> ElemType {
+    match dtype {
+        DType::F16 => ElemType::Float(FloatKind::F16),
+        DType::F32 => ElemType::Float(FloatKind::F32),
+        other => panic!("block kernels compute f16 or f32 activations, not {other:?}"),
     }
 }
 
@@ -71,7 +84,7 @@ pub fn matvec(x: Tensor<2>, w: &Tensor<2, Int>, format: BlockFormat, out: usize,
     Tensor::from_dispatch(<Dispatch as BlockOps>::block_matvec(x.into_dispatch(), w.clone().into_dispatch(), format, out, inp))
 }
 
-/// Rows `ids` (a u32 tensor) of W as f32.
-pub fn rows(w: &Tensor<2, Int>, ids: Tensor<1, Int>, format: BlockFormat, inp: usize) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as BlockOps>::block_rows(w.clone().into_dispatch(), ids.into_dispatch(), format, inp))
+/// Rows `ids` (a u32 tensor) of W as `dtype`.
+pub fn rows(w: &Tensor<2, Int>, ids: Tensor<1, Int>, format: BlockFormat, inp: usize, dtype: DType) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as BlockOps>::block_rows(w.clone().into_dispatch(), ids.into_dispatch(), format, inp, dtype))
 }

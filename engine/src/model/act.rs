@@ -9,7 +9,8 @@
 
 use crate::cpu::ops;
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::{Device, Tensor, TensorData};
+use super::Placement;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// [rows, cols] activations of one forward pass (rows are positions).
 #[derive(Clone)]
@@ -26,11 +27,12 @@ pub enum Vector {
 
 impl Vector {
     pub fn new(values: Vec<f32>, device: &Device) -> Self {
-        if super::uses_host_kernels(device) {
-            Vector::Host(values)
-        } else {
-            let n = values.len();
-            Vector::Device(Tensor::from_data(TensorData::new(values, [n]), device))
+        match Placement::of(device) {
+            Placement::Host => Vector::Host(values),
+            Placement::Device(float) => {
+                let n = values.len();
+                Vector::Device(Tensor::from_data(TensorData::new(values, [n]), (device, float.dtype())))
+            }
         }
     }
 
@@ -161,9 +163,12 @@ impl Act {
             Act::Device(t) => {
                 let [rows, cols] = t.dims();
                 let width = cols / groups;
-                let x = t.reshape([rows, groups, width]);
+                let float = t.dtype();
+                // In f32: squares of f16 activations overflow past 256.
+                let x = t.cast(DType::F32).reshape([rows, groups, width]);
                 let scale = (x.clone() * x.clone()).mean_dim(2).add_scalar(eps).sqrt().recip();
-                Act::Device((x * scale * w.device().clone().reshape([1, 1, width])).reshape([rows, cols]))
+                let w = w.device().clone().cast(DType::F32).reshape([1, 1, width]);
+                Act::Device((x * scale * w).reshape([rows, cols]).cast(float))
             }
         }
     }
@@ -178,11 +183,15 @@ impl Act {
             }
             Act::Device(t) => {
                 let cols = t.dims()[1];
+                let float = t.dtype();
+                // In f32, like RMSNorm: the variance of f16 activations overflows.
+                let t = t.cast(DType::F32);
                 let mean = t.clone().mean_dim(1);
                 let centered = t - mean;
                 let var = (centered.clone() * centered.clone()).mean_dim(1);
                 let normed = centered * var.add_scalar(eps).sqrt().recip();
-                Act::Device(normed * w.device().clone().reshape([1, cols]) + b.device().clone().reshape([1, cols]))
+                let (w, b) = (w.device().clone().cast(DType::F32), b.device().clone().cast(DType::F32));
+                Act::Device((normed * w.reshape([1, cols]) + b.reshape([1, cols])).cast(float))
             }
         }
     }

@@ -6,10 +6,11 @@
 //! attention kernel; on other devices they are Burn tensors written with `slice_assign`.
 
 use super::act::Act;
+use super::Placement;
 use crate::cpu::{causal_attention, AttentionShape};
 use crate::error::{Error, Result};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use std::ops::Range;
 
 /// Per-layer keys and values for one sequence.
@@ -27,21 +28,22 @@ enum LayerCache {
 }
 
 impl KvCache {
-    /// A cache in host memory for CPU devices, of Burn tensors elsewhere.
+    /// A cache where a model loaded now on `device` keeps its activations ([`Placement::of`]).
     pub fn new(n_layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> Self {
-        Self::placed(n_layers, kv_heads, head_dim, capacity, device, super::uses_host_kernels(device))
+        Self::placed(n_layers, kv_heads, head_dim, capacity, device, Placement::of(device))
     }
 
-    /// A cache in host memory (`host`) or of tensors on `device`: a model passes where its own
-    /// activations live.
-    pub(crate) fn placed(n_layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device, host: bool) -> Self {
+    /// A cache in host memory or of tensors of a float type on `device`: a model passes where
+    /// its own activations live.
+    pub(crate) fn placed(n_layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device, placement: Placement) -> Self {
         let layers = (0..n_layers)
-            .map(|_| {
-                if host {
+            .map(|_| match placement {
+                Placement::Host => {
                     let n = kv_heads * capacity * head_dim;
                     LayerCache::Host { k: vec![0.0; n], v: vec![0.0; n] }
-                } else {
-                    let zeros = || Some(Tensor::zeros([1, kv_heads, capacity, head_dim], device));
+                }
+                Placement::Device(float) => {
+                    let zeros = || Some(Tensor::zeros([1, kv_heads, capacity, head_dim], (device, float.dtype())));
                     LayerCache::Device { k: zeros(), v: zeros(), device: device.clone() }
                 }
             })
@@ -123,12 +125,15 @@ impl KvCache {
                 // are stacked along the row axis, so each KV head is one matmul.
                 let group = shape.heads / kvh;
                 let q = split(q, shape.heads).reshape([1, kvh, group * n, hd]);
-                let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(shape.scale);
+                // Scores and their softmax in f32 whatever the cache holds: an f16 sum over a long
+                // context would lose the small probabilities.
+                let float = q.dtype();
+                let scores = q.matmul(keys.swap_dims(2, 3)).cast(DType::F32).mul_scalar(shape.scale);
                 let scores = match mask(n, positions.start, group, shape.window, device) {
                     Some(mask) => scores + mask,
                     None => scores,
                 };
-                let out = softmax(scores, 3).matmul(values);
+                let out = softmax(scores, 3).cast(float).matmul(values);
                 Act::Device(out.reshape([1, shape.heads, n, hd]).swap_dims(1, 2).reshape([n, shape.heads * hd]))
             }
             _ => panic!("cache and activations live on different devices"),

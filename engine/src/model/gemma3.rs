@@ -142,8 +142,8 @@ pub struct Gemma3 {
     global_rope: Rope,
     local_rope: Rope,
     device: Device,
-    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
-    host: bool,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors of a float type on `device`.
+    placement: super::Placement,
 }
 
 struct Block {
@@ -169,6 +169,13 @@ impl Gemma3 {
 
     /// Builds the model from a config and a weight source using GGUF tensor names.
     pub fn load(cfg: Gemma3Config, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        // Always f32 on devices: Gemma's residual stream (embeddings scaled by √d, trained in
+        // bf16) leaves f16's range — in f16 Gemma3-270M's logits become NaN. As in transformers,
+        // which warns against float16 for Gemma.
+        super::with_device_float(super::DeviceFloat::F32, || Self::load_in(cfg, src, device))
+    }
+
+    fn load_in(cfg: Gemma3Config, src: &dyn WeightSource, device: &Device) -> Result<Self> {
         cfg.check(src.origin())?;
         let c = &cfg.base;
         let (d, f, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
@@ -204,7 +211,7 @@ impl Gemma3 {
             output,
             blocks,
             device: device.clone(),
-            host: super::uses_host_kernels(device),
+            placement: super::Placement::of(device),
         })
     }
 
@@ -295,7 +302,7 @@ impl CausalLm for Gemma3 {
     }
 
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
-        self.cfg.base.cache(capacity, layers, &self.device, self.host)
+        self.cfg.base.cache(capacity, layers, &self.device, self.placement)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -124,8 +124,8 @@ pub struct GptNeox {
     output: Linear,
     rope: Rope,
     device: Device,
-    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
-    host: bool,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors of a float type on `device`.
+    placement: super::Placement,
 }
 
 struct Block {
@@ -178,7 +178,7 @@ impl GptNeox {
             rope: Rope::new(c, c.rope_theta, c.context_length, device),
             blocks,
             device: device.clone(),
-            host: super::uses_host_kernels(device),
+            placement: super::Placement::of(device),
             cfg,
         })
     }
@@ -286,7 +286,7 @@ impl CausalLm for GptNeox {
     }
 
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
-        self.cfg.base.cache(capacity, layers, &self.device, self.host)
+        self.cfg.base.cache(capacity, layers, &self.device, self.placement)
     }
 
     fn config(&self) -> &ModelConfig {

@@ -20,8 +20,8 @@ pub struct Llama {
     output: Option<Linear>,
     rope: Rope,
     device: Device,
-    /// Activations and cache in host memory (CPU devices), else Burn tensors on `device`.
-    host: bool,
+    /// Activations and cache in host memory (CPU devices), else Burn tensors of a float type on `device`.
+    placement: super::Placement,
 }
 
 struct Block {
@@ -132,7 +132,7 @@ impl Llama {
             rope,
             cfg: ModelConfig { tied_embeddings, ..cfg },
             device: device.clone(),
-            host: super::uses_host_kernels(device),
+            placement: super::Placement::of(device),
         })
     }
 }
@@ -221,7 +221,7 @@ impl CausalLm for Llama {
     }
 
     fn new_partial_cache(&self, capacity: usize, layers: usize) -> Result<KvCache> {
-        self.cfg.cache(capacity, layers, &self.device, self.host)
+        self.cfg.cache(capacity, layers, &self.device, self.placement)
     }
 
     fn config(&self) -> &ModelConfig {

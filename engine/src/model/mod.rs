@@ -30,7 +30,7 @@ use crate::cpu::{dense, QuantMatrix};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::sampling::Logits;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// Which positions of a forward pass need logits. Prefill needs only the last row; verification
 /// of k drafted tokens needs all k+1. Skipping rows skips their share of the LM head, the
@@ -211,14 +211,14 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// A KV cache for the first `layers` layers (all of them for the model itself, fewer for a
     /// layer-skip draft), refusing a capacity beyond the model's context length.
-    pub(crate) fn cache(&self, capacity: usize, layers: usize, device: &Device, host: bool) -> Result<KvCache> {
+    pub(crate) fn cache(&self, capacity: usize, layers: usize, device: &Device, placement: Placement) -> Result<KvCache> {
         if capacity > self.context_length {
             return Err(Error::ContextOverflow { needed: capacity, capacity: self.context_length });
         }
         if layers == 0 || layers > self.n_layers {
             return Err(Error::InvalidArgument(format!("{layers} layers requested of a {}-layer model", self.n_layers)));
         }
-        Ok(KvCache::placed(layers, self.n_kv_heads, self.head_dim, capacity, device, host))
+        Ok(KvCache::placed(layers, self.n_kv_heads, self.head_dim, capacity, device, placement))
     }
 
     pub(crate) fn check(&self, path: &std::path::Path) -> Result<()> {
@@ -280,8 +280,9 @@ pub(crate) fn check_layer_count(n_layers: usize, path: &std::path::Path) -> Resu
 /// ([`crate::gpu::BlockMatrix`]); elsewhere it is an f32 Burn tensor.
 enum Matrix {
     Device(Tensor<2>),
+    /// Blocks and the float type of the activations they are multiplied with (and looked up as).
     #[cfg(feature = "wgpu")]
-    Blocks(crate::gpu::BlockMatrix),
+    Blocks(crate::gpu::BlockMatrix, DeviceFloat),
     Host { data: Vec<f32>, out: usize, inp: usize },
     Quant { w: QuantMatrix },
 }
@@ -303,10 +304,77 @@ fn uses_host_kernels(device: &Device) -> bool {
     name.starts_with("Device<Flex") || name.starts_with("Device<NdArray")
 }
 
+/// The float type of activations, KV cache and logits kept as Burn tensors on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceFloat {
+    F32,
+    /// Half the memory and bandwidth of f32 for the cache and activations; norms' statistics,
+    /// attention's softmax and the block kernels' sums are still computed in f32.
+    F16,
+}
+
+impl DeviceFloat {
+    pub fn dtype(self) -> DType {
+        match self {
+            DeviceFloat::F32 => DType::F32,
+            DeviceFloat::F16 => DType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceFloat::F32 => "f32",
+            DeviceFloat::F16 => "f16",
+        }
+    }
+}
+
+/// Where a model keeps its activations and KV cache: host memory (CPU devices, host kernels) or
+/// Burn tensors of a float type on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Host,
+    Device(DeviceFloat),
+}
+
+impl Placement {
+    /// Where a model loaded now on `device` keeps its activations: host memory on CPU devices;
+    /// on others the float type asked for by a [`with_device_float`] scope on this thread, else
+    /// by [`set_device_float`] for the process, else by `SPECDEC_DEVICE_FLOAT` (`f32`, `f16` or
+    /// `auto`); automatically (and whenever f16 is asked of a device that cannot compute in it)
+    /// f16 on devices that run the block kernels and compute in f16 (the adapter's shader-f16
+    /// feature), else f32.
+    pub fn of(device: &Device) -> Placement {
+        if uses_host_kernels(device) {
+            return Placement::Host;
+        }
+        let f16_capable = device.supports_dtype(DType::F16);
+        match DEVICE_FLOAT.with(std::cell::Cell::get).or_else(process_device_float) {
+            Some(DeviceFloat::F16) if f16_capable => Placement::Device(DeviceFloat::F16),
+            Some(DeviceFloat::F32) => Placement::Device(DeviceFloat::F32),
+            _ if f16_capable && runs_block_kernels(device) => Placement::Device(DeviceFloat::F16),
+            _ => Placement::Device(DeviceFloat::F32),
+        }
+    }
+
+    /// The float type on the device (None for host activations, which are f32).
+    pub fn device_float(self) -> Option<DeviceFloat> {
+        match self {
+            Placement::Host => None,
+            Placement::Device(float) => Some(float),
+        }
+    }
+
+    /// The Burn dtype of device tensors (f32 for host placement, whose values never become tensors).
+    fn dtype(self) -> DType {
+        self.device_float().unwrap_or(DeviceFloat::F32).dtype()
+    }
+}
+
 /// Whether the device runs the block kernels of [`crate::gpu`] (CubeCL devices: burn-wgpu).
-#[cfg(feature = "wgpu")]
 fn runs_block_kernels(device: &Device) -> bool {
-    format!("{device:?}").starts_with("Device<Cube")
+    cfg!(feature = "wgpu") && format!("{device:?}").starts_with("Device<Cube")
 }
 
 /// The matrix kept in its GGML blocks on a device that multiplies them in place, when it is one
@@ -317,14 +385,68 @@ fn on_block_device(w: QuantMatrix, device: &Device) -> std::result::Result<Matri
     if !runs_block_kernels(device) || format.check_width(w.inp()).is_err() {
         return Err(w);
     }
+    let float = Placement::of(device).device_float().unwrap_or(DeviceFloat::F32);
     match crate::gpu::BlockMatrix::new(format, w.blocks(), w.out(), w.inp(), device) {
-        Ok(m) => Ok(Matrix::Blocks(m)),
+        Ok(m) => Ok(Matrix::Blocks(m, float)),
         Err(_) => Err(w),
     }
 }
 
 thread_local! {
     static BURN_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static DEVICE_FLOAT: std::cell::Cell<Option<DeviceFloat>> = const { std::cell::Cell::new(None) };
+}
+
+/// The process-wide choice: 0 automatic, 1 f32, 2 f16; `u8::MAX` until read from the environment.
+static PROCESS_FLOAT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+fn encode_float(float: Option<DeviceFloat>) -> u8 {
+    match float {
+        None => 0,
+        Some(DeviceFloat::F32) => 1,
+        Some(DeviceFloat::F16) => 2,
+    }
+}
+
+/// Parses `f32`, `f16` or `auto` (None) as the CLI and `SPECDEC_DEVICE_FLOAT` spell them.
+pub fn parse_device_float(name: &str) -> std::result::Result<Option<DeviceFloat>, String> {
+    match name {
+        "auto" | "" => Ok(None),
+        "f32" => Ok(Some(DeviceFloat::F32)),
+        "f16" => Ok(Some(DeviceFloat::F16)),
+        other => Err(format!("device float must be \"auto\", \"f32\" or \"f16\", got {other:?}")),
+    }
+}
+
+fn process_device_float() -> Option<DeviceFloat> {
+    use std::sync::atomic::Ordering;
+    if PROCESS_FLOAT.load(Ordering::Relaxed) == u8::MAX {
+        let float = match std::env::var("SPECDEC_DEVICE_FLOAT") {
+            Err(_) => None,
+            Ok(v) => parse_device_float(&v).unwrap_or_else(|e| {
+                eprintln!("warning: SPECDEC_DEVICE_FLOAT: {e}; choosing automatically");
+                None
+            }),
+        };
+        let _ = PROCESS_FLOAT.compare_exchange(u8::MAX, encode_float(float), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    [None, Some(DeviceFloat::F32), Some(DeviceFloat::F16)][PROCESS_FLOAT.load(Ordering::Relaxed) as usize]
+}
+
+/// Sets the process-wide float type of device activations for models loaded afterwards (None:
+/// automatic, see [`Placement::of`]).
+pub fn set_device_float(float: Option<DeviceFloat>) {
+    PROCESS_FLOAT.store(encode_float(float), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `f` — a model load — with device activations of `float` instead of the process's or the
+/// device's choice ([`Placement::of`]): f32 on an adapter that could compute in f16 (to compare
+/// the two), or f16.
+pub fn with_device_float<T>(float: DeviceFloat, f: impl FnOnce() -> T) -> T {
+    let before = DEVICE_FLOAT.with(|d| d.replace(Some(float)));
+    let out = f();
+    DEVICE_FLOAT.with(|d| d.set(before));
+    out
 }
 
 /// Runs `f` — typically a model load — with CPU devices treated like accelerators: the model it
@@ -353,7 +475,7 @@ impl Matrix {
                     #[cfg(not(feature = "wgpu"))]
                     MatrixData::Packed(w) => w.to_f32(),
                 };
-                Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), device))
+                Matrix::Device(Tensor::from_data(TensorData::new(values, [out, inp]), (device, Placement::of(device).dtype())))
             }
         }
     }
@@ -370,7 +492,7 @@ impl Matrix {
         match (self, x) {
             (Matrix::Device(w), Act::Device(x)) => Act::Device(x.clone().matmul(w.clone().transpose())),
             #[cfg(feature = "wgpu")]
-            (Matrix::Blocks(w), Act::Device(x)) => Act::Device(w.matmul_t(x.clone())),
+            (Matrix::Blocks(w, _), Act::Device(x)) => Act::Device(w.matmul_t(x.clone())),
             (Matrix::Host { data, out, inp, .. }, Act::Host { data: xs, .. }) => {
                 Act::host(dense::matmul_wt(xs, data, xs.len() / inp, *inp, *out), *out)
             }
@@ -384,7 +506,7 @@ impl Matrix {
         Ok(match self {
             Matrix::Device(w) => Matrix::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
             #[cfg(feature = "wgpu")]
-            Matrix::Blocks(w) => Matrix::Blocks(w.select_rows(ids).map_err(Error::InvalidArgument)?),
+            Matrix::Blocks(w, float) => Matrix::Blocks(w.select_rows(ids).map_err(Error::InvalidArgument)?, *float),
             Matrix::Host { data, inp, .. } => Matrix::Host { data: host_rows(data, *inp, ids), out: ids.len(), inp: *inp },
             Matrix::Quant { w } => {
                 let w = w.select_rows(ids).map_err(Error::InvalidArgument)?;
@@ -399,7 +521,7 @@ impl Matrix {
         match self {
             Matrix::Device(w) => Act::Device(w.clone().select(0, index_tensor(ids, &w.device()))),
             #[cfg(feature = "wgpu")]
-            Matrix::Blocks(w) => Act::Device(w.gather_rows(ids)),
+            Matrix::Blocks(w, float) => Act::Device(w.gather_rows(ids, float.dtype())),
             Matrix::Host { data, inp, .. } => Act::host(host_rows(data, *inp, ids), *inp),
             Matrix::Quant { w, .. } => Act::host(w.gather_rows(ids), w.inp()),
         }
@@ -541,7 +663,8 @@ fn logits_to_host(logits: Act) -> Result<Logits> {
         Act::Host { data, .. } => data,
         Act::Device(t) => t
             .into_data()
-            .try_to_vec::<f32>()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
             .map_err(|e| Error::InvalidArgument(format!("reading logits back from the device: {e:?}")))?,
     };
     Ok(Logits::new(data, rows, vocab))

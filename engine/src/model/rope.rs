@@ -23,9 +23,9 @@ impl Rope {
     pub fn new(cfg: &ModelConfig, theta: f64, max_positions: usize, device: &Device) -> Self {
         let half = cfg.rope_dims / 2;
         let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-((2 * i) as f64) / cfg.rope_dims as f64)).collect();
-        let tensors = (!super::uses_host_kernels(device)).then(|| {
+        let tensors = super::Placement::of(device).device_float().map(|float| {
             let (cos, sin) = tables(&inv_freq, 0..max_positions);
-            let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_positions, half]), device);
+            let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_positions, half]), (device, float.dtype()));
             (table(cos), table(sin))
         });
         let host = std::sync::RwLock::new((Vec::new(), Vec::new()));
