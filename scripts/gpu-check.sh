@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a machine with a real GPU: builds specdec with wgpu, runs the GPU test tier,
 # benchmarks the three short-name models on the device (prefill, decode, verification curve v(n),
-# device memory) and runs the quickstart experiment with the target on the GPU and the draft on
+# device memory; activations in f32 and, where the adapter has shader-f16, in f16) and runs the quickstart experiment with the target on the GPU and the draft on
 # the GPU, then on the CPU. Everything lands in results/gpu/<date>-<adapter>/ with the adapter's
 # name and driver (adapter.json).
 #
@@ -32,23 +32,35 @@ echo "gpu-check: adapter $(printf '%s' "$adapter_json" | python3 -c 'import json
 # The GPU test tier, on this adapter (a missing adapter fails rather than skips).
 SPECDEC_WGPU=1 cargo test --release --workspace --features specdec-experiments/wgpu --test wgpu 2>&1 | tee "$out/tests.log"
 
-# Bench: prefill, decode, v(n) and device memory per model.
+# Bench: prefill, decode, v(n) and device memory per model, with activations in f32 and — where
+# the adapter computes in f16 — in f16, interleaved per model.
+floats="f32"
+if printf '%s' "$adapter_json" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("f16") else 1)'; then
+  floats="f32 f16"
+fi
 for model in smollm2-135m qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
-  "$bin" bench --backend wgpu --model "$model" --prompt-tokens 128 --gen-tokens 64 --repeats 3 --json > "$out/bench-$model.json"
+  for float in $floats; do
+    "$bin" bench --backend wgpu --device-float "$float" --model "$model" --prompt-tokens 128 --gen-tokens 64 --repeats 3 --json > "$out/bench-$model-$float.json"
+  done
 done
 python3 - "$out" <<'PY' | tee "$out/bench.md"
 import json, os, sys
 out = sys.argv[1]
 bw = float(os.environ["GPU_BANDWIDTH_GBS"]) if os.environ.get("GPU_BANDWIDTH_GBS") else None
-print("| model | prefill tok/s | decode tok/s | file GB/s at decode | of bandwidth | v(5) | device weights / file |")
-print("|---|---|---|---|---|---|---|")
+print("| model | activations | prefill tok/s | decode tok/s | file GB/s at decode | of bandwidth | v(5) | device weights / file | reserved after run MB |")
+print("|---|---|---|---|---|---|---|---|---|")
 for model in ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]:
-    j = json.load(open(f"{out}/bench-{model}.json"))
-    gbs = j["decode_tok_s"] * j["file_bytes"] / 1e9
-    v5 = j["verify_cost"].get("5")
-    mem = (j.get("device_memory") or {}).get("weights_of_file")
-    fmt = lambda x, f: "–" if x is None else format(x, f)
-    print(f"| {model} | {j['prefill_tok_s']:.1f} | {j['decode_tok_s']:.1f} | {gbs:.1f} | {fmt(gbs / bw if bw else None, '.0%')} | {fmt(v5, '.2f')} | {fmt(mem, '.2f')} |")
+    for float in ["f32", "f16"]:
+        path = f"{out}/bench-{model}-{float}.json"
+        if not os.path.exists(path):
+            continue
+        j = json.load(open(path))
+        gbs = j["decode_tok_s"] * j["file_bytes"] / 1e9
+        v5 = j["verify_cost"].get("5")
+        dm = j.get("device_memory") or {}
+        mem, reserved = dm.get("weights_of_file"), dm.get("reserved_after_run_bytes")
+        fmt = lambda x, f: "–" if x is None else format(x, f)
+        print(f"| {model} | {j.get('device_float')} | {j['prefill_tok_s']:.1f} | {j['decode_tok_s']:.1f} | {gbs:.1f} | {fmt(gbs / bw if bw else None, '.0%')} | {fmt(v5, '.2f')} | {fmt(mem, '.2f')} | {fmt(reserved / 1e6 if reserved else None, '.0f')} |")
 PY
 
 # The quickstart: both models on the GPU, then the draft on the CPU and the target on the GPU.
